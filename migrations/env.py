@@ -1,0 +1,29 @@
+"""Alembic environment: plain `alembic`, the `migrate` CLI and Dagster all run through here.
+
+The project's guarantees live in orchestration.runtime so that every entry point gets them:
+one runner per database (advisory lock), lock/statement timeouts, one transaction per
+revision, and an audit row in alembic_version_history for every step, failed ones included.
+
+Environment: `alembic -x env=staging ...` (default dev), or Config.attributes["environment"].
+"""
+
+from logging.config import fileConfig
+
+from alembic import context
+
+from orchestration import runtime
+
+config = context.config
+
+# Keep loggers created before us (Dagster's, the CLI's) alive: the template's bare
+# fileConfig() would disable them. Callers that configure logging themselves say so.
+if config.config_file_name is not None and config.attributes.get("configure_logger", True):
+    fileConfig(config.config_file_name, disable_existing_loggers=False)
+
+# Revisions are hand-written DDL; no autogenerate metadata.
+target_metadata = None
+
+if context.is_offline_mode():
+    runtime.run_migrations_offline(context)
+else:
+    runtime.run_migrations_online(context)

@@ -1,0 +1,133 @@
+"""The audit table alembic_version_history: a superset of Audit-Alembic's columns."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from datetime import datetime
+from functools import cache
+
+import sqlalchemy as sa
+
+TABLE_NAME = "alembic_version_history"
+
+# Operations and directions, as Audit-Alembic spells them (plus rollback and verify).
+MIGRATION, ROLLBACK, STAMP, VERIFY = "migration", "rollback", "stamp", "verify"
+UPGRADE, DOWNGRADE = "upgrade", "downgrade"
+
+
+@dataclass
+class AuditRow:
+    """One step, as written to (and read from) alembic_version_history."""
+
+    operation: str
+    alembic_version: str | None
+    prev_alembic_version: str | None
+    operation_direction: str | None
+    schema_name: str | None
+    environment: str | None
+    success: bool
+    user_version: str | None = None
+    revision_checksum: str | None = None
+    executed_by: str | None = None
+    run_id: str | None = None
+    duration_ms: float | None = None
+    error: str | None = None
+    message: str | None = None  # the revision's message; shown, not stored
+    id: int | None = None
+    changed_at: datetime | None = None
+
+    def to_dict(self) -> dict:
+        data = dataclasses.asdict(self)
+        data["changed_at"] = self.changed_at.isoformat() if self.changed_at else None
+        return data
+
+
+@cache
+def audit_table(schema: str) -> sa.Table:
+    """The table's definition in ``schema`` (one MetaData each: the schema is configurable)."""
+    return sa.Table(
+        TABLE_NAME,
+        sa.MetaData(),
+        sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+        sa.Column("alembic_version", sa.String(255)),
+        sa.Column("prev_alembic_version", sa.String(255)),
+        sa.Column("operation", sa.String(16), nullable=False),
+        sa.Column("operation_direction", sa.String(16)),
+        sa.Column("user_version", sa.String(255)),
+        sa.Column(
+            "changed_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+        ),
+        sa.Column("schema_name", sa.String(63)),
+        sa.Column("environment", sa.String(63)),
+        sa.Column("revision_checksum", sa.String(64)),
+        sa.Column("executed_by", sa.String(255)),
+        sa.Column("run_id", sa.String(64)),
+        sa.Column("duration_ms", sa.Float),
+        sa.Column("success", sa.Boolean, nullable=False),
+        sa.Column("error", sa.Text),
+        sa.Index(f"ix_{TABLE_NAME}_schema_version", "schema_name", "alembic_version"),
+        schema=schema,
+    )
+
+
+_STORED = [c.name for c in audit_table("public").columns if c.name not in ("id", "changed_at")]
+
+
+def ensure_table(conn: sa.Connection, schema: str) -> None:
+    """Create the table (and its schema) on first use. Caller holds the migration lock."""
+    if schema != "public":
+        conn.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+    audit_table(schema).create(conn, checkfirst=True)
+
+
+def insert_row(conn: sa.Connection, schema: str, row: AuditRow) -> AuditRow:
+    """Insert ``row`` on ``conn`` (inside the caller's transaction); fill in id and time."""
+    table = audit_table(schema)
+    values = {name: getattr(row, name) for name in _STORED}
+    inserted = conn.execute(
+        table.insert().values(values).returning(table.c.id, table.c.changed_at)
+    ).one()
+    row.id, row.changed_at = inserted.id, inserted.changed_at
+    return row
+
+
+def table_exists(conn: sa.Connection, schema: str) -> bool:
+    return sa.inspect(conn).has_table(TABLE_NAME, schema=schema)
+
+
+def recent_rows(
+    conn: sa.Connection,
+    schema: str,
+    *,
+    limit: int = 20,
+    environment: str | None = None,
+    schema_names: list[str] | None = None,
+) -> list[AuditRow]:
+    """The newest rows first, optionally for some schemas only."""
+    if not table_exists(conn, schema):
+        return []
+    table = audit_table(schema)
+    query = sa.select(table).order_by(table.c.id.desc()).limit(limit)
+    if environment:
+        query = query.where(table.c.environment == environment)
+    if schema_names:
+        query = query.where(table.c.schema_name.in_(schema_names))
+    return [AuditRow(**row._asdict()) for row in conn.execute(query)]
+
+
+def applied_checksums(conn: sa.Connection, schema: str, schema_name: str) -> dict[str, str | None]:
+    """revision -> checksum of the file when it was last applied successfully."""
+    if not table_exists(conn, schema):
+        return {}
+    table = audit_table(schema)
+    query = (
+        sa.select(table.c.alembic_version, table.c.revision_checksum)
+        .where(
+            table.c.schema_name == schema_name,
+            table.c.operation == MIGRATION,
+            table.c.success.is_(True),
+        )
+        .order_by(table.c.id)
+    )
+    return {version: checksum for version, checksum in conn.execute(query)}

@@ -1,0 +1,267 @@
+"""`migrate`: the migration engine for operators and CI, without a Dagster instance.
+
+Exit codes: 0 success, 1 a migration or verify failed, 2 bad usage or configuration
+(nothing was changed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from orchestration import audit, engine
+from orchestration.errors import ConfigurationError, MigrationError
+from orchestration.revisions import MigrationProject
+from orchestration.settings import load_settings
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+DESCRIPTION = """\
+Run this project's Alembic migrations against an environment's PostgreSQL database,
+with an advisory lock, timeouts, verification and an audit row for every step.
+
+Environments and their URL variables are in migrate.toml (DEV_DATABASE_URL, ...);
+with none set, an embedded PostgreSQL in .pgdata/ is started and used.
+Like alembic, reads ./alembic.ini unless -c/--config or $ALEMBIC_CONFIG names another.
+"""
+
+EPILOG = """\
+exit codes: 0 success, 1 migration or verify failed, 2 bad usage or configuration
+examples:
+  migrate status
+  migrate upgrade --env staging --schema ecommerce
+  migrate downgrade --schema analytics --to -1
+  migrate verify --json
+"""
+
+
+def _short(revision: str | None) -> str:
+    return revision or "base"
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [[("" if v is None else str(v)) for v in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in cells]
+    return "\n".join(lines)
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
+def _progress_printer(header: str) -> Any:
+    """One line per step as it ends, so a long run shows where it is."""
+    printed: list[bool] = []
+
+    def progress(row: audit.AuditRow) -> None:
+        if not printed:  # the header waits for a first step: bad input prints one line only
+            print(header, flush=True)
+            printed.append(True)
+        _print_step(row)
+
+    return progress
+
+
+def _print_step(row: audit.AuditRow) -> None:
+    mark = "ok  " if row.success else "FAIL"
+    arrow = f"{_short(row.prev_alembic_version)} -> {_short(row.alembic_version)}"
+    took = f"({row.duration_ms:.0f} ms)"
+    print(f"  {mark} {row.schema_name:<12} {arrow:<29} {row.message or ''} {took}", flush=True)
+    if row.error:
+        print(f"       {row.error.splitlines()[0]}", flush=True)
+
+
+# --- commands ----------------------------------------------------------------------------
+
+
+def cmd_status(project: MigrationProject, args: argparse.Namespace) -> int:
+    statuses = engine.status(project, args.env, args.schema)
+    if args.json:
+        _print_json({"environment": args.env, "schemas": [s.to_dict() for s in statuses]})
+        return EXIT_OK
+    print(f"environment: {args.env}")
+    rows = [
+        (s.schema, _short(s.current), s.head, "yes" if s.at_head else f"{len(s.pending)} pending")
+        for s in statuses
+    ]
+    print(_table(("schema", "current", "head", "at head"), rows))
+    return EXIT_OK
+
+
+def cmd_plan(project: MigrationProject, args: argparse.Namespace) -> int:
+    plans = engine.plan(project, args.env, args.schema)
+    if args.json:
+        _print_json({"environment": args.env, "schemas": [p.to_dict() for p in plans]})
+        return EXIT_OK
+    for p in plans:
+        if not p.steps:
+            print(f"-- {args.env} {p.schema}: at head, nothing to run\n")
+            continue
+        print(f"-- {args.env} {p.schema}: {len(p.steps)} revision(s) pending")
+        print(p.sql)
+    return EXIT_OK
+
+
+def _report_run(result: engine.RunResult, args: argparse.Namespace) -> int:
+    if args.json:
+        _print_json(result.to_dict())
+    elif result.ok:
+        verb = "applied" if result.operation == "upgrade" else "reverted"
+        if result.steps:
+            print(f"{args.env}: {len(result.steps)} revision(s) {verb}")
+        else:
+            print(f"{args.env}: nothing to do")
+    else:
+        print(f"{args.env}: {result.operation} failed: {result.error}", file=sys.stderr)
+    return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def cmd_upgrade(project: MigrationProject, args: argparse.Namespace) -> int:
+    header = f"upgrading {args.env} ({', '.join(args.schema or project.schemas)}) to {args.to}"
+    result = engine.upgrade(
+        project,
+        args.env,
+        schemas=args.schema,
+        to=args.to,
+        on_step=None if args.json else _progress_printer(header),
+    )
+    return _report_run(result, args)
+
+
+def cmd_downgrade(project: MigrationProject, args: argparse.Namespace) -> int:
+    header = f"downgrading {args.env} ({', '.join(args.schema or [])}) to {args.to}"
+    result = engine.downgrade(
+        project,
+        args.env,
+        schemas=args.schema,
+        to=args.to,
+        on_step=None if args.json else _progress_printer(header),
+    )
+    return _report_run(result, args)
+
+
+def cmd_verify(project: MigrationProject, args: argparse.Namespace) -> int:
+    results = engine.verify(project, args.env, args.schema)
+    ok = all(r.ok for r in results)
+    if args.json:
+        _print_json({"environment": args.env, "ok": ok, "schemas": [r.to_dict() for r in results]})
+        return EXIT_OK if ok else EXIT_FAILED
+    for r in results:
+        print(f"{'PASS' if r.ok else 'FAIL'} {args.env}/{r.schema} at {_short(r.current)}")
+        for f in r.findings:
+            print(f"     {f.severity}: {f.message}")
+    return EXIT_OK if ok else EXIT_FAILED
+
+
+def cmd_audit(project: MigrationProject, args: argparse.Namespace) -> int:
+    rows = engine.history(project, args.env, schemas=args.schema, limit=args.limit)
+    if args.json:
+        _print_json({"environment": args.env, "rows": [r.to_dict() for r in rows]})
+        return EXIT_OK
+    print(f"alembic_version_history in {args.env} (newest first)")
+    table_rows = [
+        (
+            r.id,
+            r.changed_at.strftime("%Y-%m-%d %H:%M:%S") if r.changed_at else "",
+            r.schema_name,
+            r.operation,
+            r.operation_direction or "",
+            _short(r.prev_alembic_version),
+            _short(r.alembic_version),
+            "yes" if r.success else "NO",
+            f"{r.duration_ms:.0f}" if r.duration_ms is not None else "",
+            (r.revision_checksum or "")[:12],
+            r.run_id or "",
+            (r.error or "").splitlines()[0][:60] if r.error else "",
+        )
+        for r in rows
+    ]
+    headers = (
+        "id",
+        "changed_at",
+        "schema",
+        "operation",
+        "direction",
+        "from",
+        "to",
+        "ok",
+        "ms",
+        "checksum",
+        "run_id",
+        "error",
+    )
+    print(_table(headers, table_rows))
+    return EXIT_OK
+
+
+# --- parser ------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="migrate",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "-c", "--config", help="path to alembic.ini (default: $ALEMBIC_CONFIG or ./alembic.ini)"
+    )
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--env", default="dev", help="environment from migrate.toml (default: dev)")
+    common.add_argument(
+        "--schema",
+        action="append",
+        help="schema (Alembic branch) to act on; repeat for several (default: all)",
+    )
+    common.add_argument("--json", action="store_true", help="print JSON for machines")
+
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, handler: Any, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
+        p.set_defaults(handler=handler)
+        return p
+
+    add("status", cmd_status, "current revision, head and pending revisions per schema")
+    add("plan", cmd_plan, "print the SQL that upgrade would run; changes nothing")
+    up = add("upgrade", cmd_upgrade, "apply pending revisions (one transaction each)")
+    up.add_argument("--to", default="head", help="head (default) or a revision id to upgrade to")
+    down = add("downgrade", cmd_downgrade, "revert revisions of a schema (needs --schema)")
+    down.add_argument(
+        "--to", required=True, help="revision id to go back to, -N for N steps, or base"
+    )
+    add("verify", cmd_verify, "check each schema: at head, revision files unchanged since applied")
+    audit_parser = add("audit", cmd_audit, "show the newest rows of alembic_version_history")
+    audit_parser.add_argument("--limit", type=int, default=20, help="rows to show (default 20)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+        settings.environment(args.env)  # an unknown environment fails before anything runs
+        project = MigrationProject(settings)
+        code: int = args.handler(project, args)
+        return code
+    except ConfigurationError as exc:
+        print(f"migrate: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except MigrationError as exc:
+        print(f"migrate: failed: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("migrate: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

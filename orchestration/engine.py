@@ -1,0 +1,484 @@
+"""The migration engine: status, plan, upgrade, downgrade, verify and audit of one environment.
+
+Never imports dagster. Every function takes the loaded project and an environment name,
+connects, does its work through Alembic's API (which runs migrations/env.py, where the lock,
+timeouts and audit trail live), and returns values: dataclasses, not log lines.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy.engine import URL
+
+from orchestration import audit
+from orchestration.errors import ConfigurationError
+from orchestration.revisions import MigrationProject, Revision, file_checksum
+from orchestration.runtime import create_engine, error_text
+from orchestration.targets import database_url
+from orchestration.urls import display_url, redact
+
+StepCallback = Callable[[audit.AuditRow], None]
+_RELATIVE = re.compile(r"^-(\d+)$")
+
+
+# --- results -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SchemaStatus:
+    schema: str
+    current: str | None
+    head: str | None
+    pending: tuple[Revision, ...]
+
+    @property
+    def at_head(self) -> bool:
+        return self.current == self.head
+
+    def to_dict(self) -> dict:
+        return {
+            "schema": self.schema,
+            "current": self.current,
+            "head": self.head,
+            "at_head": self.at_head,
+            "pending": [{"revision": r.revision, "message": r.message} for r in self.pending],
+        }
+
+
+@dataclass(frozen=True)
+class PlannedSchema:
+    schema: str
+    steps: tuple[Revision, ...]
+    sql: str
+
+    def to_dict(self) -> dict:
+        return {
+            "schema": self.schema,
+            "steps": [{"revision": r.revision, "message": r.message} for r in self.steps],
+            "sql": self.sql,
+        }
+
+
+@dataclass
+class RunResult:
+    """What an upgrade or downgrade did: its audit rows, and the error that stopped it."""
+
+    environment: str
+    operation: str
+    steps: list[audit.AuditRow] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_dict(self) -> dict:
+        return {
+            "environment": self.environment,
+            "operation": self.operation,
+            "ok": self.ok,
+            "error": self.error,
+            "steps": [row.to_dict() for row in self.steps],
+        }
+
+
+@dataclass(frozen=True)
+class VerifyFinding:
+    """One thing verify found wrong (severity error) or worth saying (warning)."""
+
+    check: str
+    message: str
+    severity: str = "error"
+    revision: str | None = None
+
+    def to_dict(self) -> dict:
+        return {
+            "check": self.check,
+            "severity": self.severity,
+            "message": self.message,
+            "revision": self.revision,
+        }
+
+
+@dataclass
+class VerifyResult:
+    environment: str
+    schema: str
+    current: str | None
+    head: str | None
+    findings: list[VerifyFinding]
+    audit_id: int | None = None
+    duration_ms: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not any(f.severity == "error" for f in self.findings)
+
+    def to_dict(self) -> dict:
+        return {
+            "environment": self.environment,
+            "schema": self.schema,
+            "ok": self.ok,
+            "current": self.current,
+            "head": self.head,
+            "findings": [f.to_dict() for f in self.findings],
+            "audit_id": self.audit_id,
+            "duration_ms": self.duration_ms,
+        }
+
+
+# --- connecting --------------------------------------------------------------------------
+
+
+@contextmanager
+def connect(project: MigrationProject, environment: str) -> Iterator[tuple[sa.Connection, URL]]:
+    """A connection to the environment's database, or one clear ConfigurationError."""
+    url = database_url(project.settings, environment)
+    engine = create_engine(url, environment)
+    try:
+        try:
+            conn = engine.connect()
+        except sa.exc.OperationalError as exc:
+            reason = redact(str(exc.orig).strip().splitlines()[0], url)
+            raise ConfigurationError(
+                f"cannot connect to the {environment} database {display_url(url)}: {reason}"
+            ) from None
+        with conn:
+            yield conn, url
+    finally:
+        engine.dispose()
+
+
+def _alembic_config(
+    project: MigrationProject,
+    environment: str,
+    connection: sa.Connection | None,
+    *,
+    run_id: str | None = None,
+    on_step: StepCallback | None = None,
+    output: io.StringIO | None = None,
+) -> Config:
+    config = Config(str(project.settings.alembic_ini), output_buffer=output)
+    config.attributes.update(
+        settings=project.settings,
+        environment=environment,
+        connection=connection,
+        run_id=run_id,
+        on_step=on_step,
+        audit_rows=[],
+        configure_logger=False,
+    )
+    return config
+
+
+def _db_heads(conn: sa.Connection) -> tuple[str, ...]:
+    heads = MigrationContext.configure(conn).get_current_heads()
+    conn.commit()  # leave no transaction open: Alembic must begin its own per step
+    return heads
+
+
+def _schemas(project: MigrationProject, schemas: list[str] | None) -> list[str]:
+    if not schemas:
+        return list(project.schemas)
+    for schema in schemas:
+        project.check_schema(schema)
+    return [s for s in project.schemas if s in schemas]  # dependency order
+
+
+# --- status and plan ---------------------------------------------------------------------
+
+
+def _status_from_heads(
+    project: MigrationProject, db_heads: tuple[str, ...], schemas: list[str]
+) -> list[SchemaStatus]:
+    applied = project.applied(db_heads)
+    result = []
+    for schema in schemas:
+        revisions = project.revisions(schema)
+        result.append(
+            SchemaStatus(
+                schema=schema,
+                current=project.current(schema, applied),
+                head=project.head(schema),
+                pending=tuple(r for r in revisions if r.revision not in applied),
+            )
+        )
+    return result
+
+
+def status(
+    project: MigrationProject, environment: str, schemas: list[str] | None = None
+) -> list[SchemaStatus]:
+    """Current revision, head and pending revisions of each schema."""
+    selected = _schemas(project, schemas)
+    with connect(project, environment) as (conn, _):
+        return _status_from_heads(project, _db_heads(conn), selected)
+
+
+def plan(
+    project: MigrationProject, environment: str, schemas: list[str] | None = None
+) -> list[PlannedSchema]:
+    """The SQL that `upgrade` would run, rendered offline (--sql mode): changes nothing."""
+    result = []
+    for st in status(project, environment, schemas):
+        if not st.pending:
+            result.append(PlannedSchema(st.schema, (), ""))
+            continue
+        first = st.pending[0]
+        # At base, start from what the first step depends on, so that other schemas'
+        # revisions (planned separately, in order) are not rendered twice.
+        start = st.current or (first.depends_on[-1] if first.depends_on else "base")
+        output = io.StringIO()
+        config = _alembic_config(project, environment, None, output=output)
+        command.upgrade(config, f"{start}:{st.schema}@head", sql=True)
+        result.append(PlannedSchema(st.schema, st.pending, output.getvalue()))
+    return result
+
+
+# --- upgrade and downgrade ---------------------------------------------------------------
+
+
+def _upgrade_targets(
+    project: MigrationProject, schemas: list[str] | None, to: str | None
+) -> list[str]:
+    if to is None or to == "head":
+        return [f"{s}@head" for s in _schemas(project, schemas)] if schemas else ["heads"]
+    revision = project.resolve(to)
+    if schemas and revision.schema not in schemas:
+        raise ConfigurationError(
+            f"revision {to} belongs to schema {revision.schema!r}, not {', '.join(schemas)}"
+        )
+    return [revision.revision]
+
+
+def _run(
+    project: MigrationProject,
+    environment: str,
+    operation: str,
+    steps: Callable[[Config], None],
+    *,
+    run_id: str | None,
+    on_step: StepCallback | None,
+) -> RunResult:
+    with connect(project, environment) as (conn, url):
+        config = _alembic_config(project, environment, conn, run_id=run_id, on_step=on_step)
+        result = RunResult(environment, operation, steps=config.attributes["audit_rows"])
+        try:
+            steps(config)
+        except Exception as exc:
+            result.error = error_text(exc, url)
+        return result
+
+
+def upgrade(
+    project: MigrationProject,
+    environment: str,
+    *,
+    schemas: list[str] | None = None,
+    to: str | None = None,
+    run_id: str | None = None,
+    on_step: StepCallback | None = None,
+) -> RunResult:
+    """Upgrade the schemas (default all) to head, or everything needed to reach ``to``."""
+    targets = _upgrade_targets(project, schemas, to)
+
+    def steps(config: Config) -> None:
+        for target in targets:
+            command.upgrade(config, target)
+
+    return _run(project, environment, "upgrade", steps, run_id=run_id, on_step=on_step)
+
+
+def _downgrade_target(project: MigrationProject, st: SchemaStatus, to: str) -> str:
+    applied = [r for r in project.revisions(st.schema) if r not in st.pending]
+    relative = _RELATIVE.match(to)
+    if relative:
+        count = int(relative.group(1))
+        if count == 0 or count > len(applied):
+            raise ConfigurationError(
+                f"cannot downgrade {st.schema} by {count}: {len(applied)} revision(s) applied"
+            )
+        return f"{st.schema}@-{count}"
+    if to == "base":
+        return f"{st.schema}@base"
+    revision = project.resolve(to)
+    if revision.schema != st.schema:
+        raise ConfigurationError(f"revision {to} belongs to schema {revision.schema!r}")
+    if revision not in applied:
+        raise ConfigurationError(
+            f"revision {revision.revision} of {st.schema} is not applied "
+            f"(current: {st.current or 'base'}): nothing to downgrade to"
+        )
+    return revision.revision
+
+
+def downgrade(
+    project: MigrationProject,
+    environment: str,
+    *,
+    schemas: list[str],
+    to: str,
+    run_id: str | None = None,
+    on_step: StepCallback | None = None,
+) -> RunResult:
+    """Downgrade each schema to ``to``: a revision, ``-N`` or ``base``.
+
+    Alembic downgrades dependents first: revisions of other schemas that depend on a
+    reverted revision are reverted too (each gets its own rollback audit row).
+    """
+    if not schemas:
+        raise ConfigurationError("downgrade needs --schema: which schema to take back")
+    if to != "base" and len(schemas) > 1:
+        raise ConfigurationError("downgrade to a revision or by -N takes exactly one --schema")
+    targets = [_downgrade_target(project, st, to) for st in status(project, environment, schemas)]
+
+    def steps(config: Config) -> None:
+        for target in targets:
+            command.downgrade(config, target)
+
+    return _run(project, environment, "downgrade", steps, run_id=run_id, on_step=on_step)
+
+
+# --- verify ------------------------------------------------------------------------------
+
+
+def _verify_schema(
+    project: MigrationProject, conn: sa.Connection, st: SchemaStatus, db_heads: tuple[str, ...]
+) -> list[VerifyFinding]:
+    findings: list[VerifyFinding] = []
+    if not st.at_head:
+        findings.append(
+            VerifyFinding(
+                "at_head",
+                f"{st.schema} is at {st.current or 'base'}, head is {st.head}: "
+                f"{len(st.pending)} revision(s) pending",
+            )
+        )
+    for head in db_heads:
+        if project.revision(head) is None:
+            findings.append(
+                VerifyFinding(
+                    "missing_file",
+                    f"revision {head} is applied in the database but its file is missing",
+                    revision=head,
+                )
+            )
+    recorded = audit.applied_checksums(conn, project.settings.audit_schema, st.schema)
+    for revision in project.revisions(st.schema):
+        if revision in st.pending:
+            continue
+        if revision.revision not in recorded:
+            findings.append(
+                VerifyFinding(
+                    "checksum",
+                    f"{revision.revision} ({revision.path.name}) has no audit record to check",
+                    severity="warning",
+                    revision=revision.revision,
+                )
+            )
+        elif recorded[revision.revision] != file_checksum(revision.path):
+            findings.append(
+                VerifyFinding(
+                    "checksum",
+                    f"{revision.path.name} (revision {revision.revision}) was edited after it "
+                    "was applied: its checksum differs from the audit record",
+                    revision=revision.revision,
+                )
+            )
+    findings.extend(_revision_hooks(project, conn, st))
+    return findings
+
+
+def _revision_hooks(
+    project: MigrationProject, conn: sa.Connection, st: SchemaStatus
+) -> list[VerifyFinding]:
+    """Run each applied revision's optional ``verify(connection)`` function."""
+    findings = []
+    for revision in project.revisions(st.schema):
+        if revision in st.pending:
+            continue
+        hook = getattr(project.script.get_revision(revision.revision).module, "verify", None)
+        if hook is None:
+            continue
+        try:
+            outcome = hook(conn)
+        except Exception as exc:
+            outcome = error_text(exc)
+        finally:
+            conn.rollback()
+        if outcome not in (None, True):
+            findings.append(
+                VerifyFinding(
+                    "revision_hook",
+                    f"{revision.revision} verify(): {outcome or 'returned False'}",
+                    revision=revision.revision,
+                )
+            )
+    return findings
+
+
+def verify(
+    project: MigrationProject,
+    environment: str,
+    schemas: list[str] | None = None,
+    *,
+    run_id: str | None = None,
+) -> list[VerifyResult]:
+    """Check each schema and write one `verify` audit row per schema."""
+    selected = _schemas(project, schemas)
+    results = []
+    with connect(project, environment) as (conn, _):
+        db_heads = _db_heads(conn)
+        for st in _status_from_heads(project, db_heads, selected):
+            started = time.perf_counter()
+            findings = _verify_schema(project, conn, st, db_heads)
+            result = VerifyResult(environment, st.schema, st.current, st.head, findings)
+            result.duration_ms = round((time.perf_counter() - started) * 1000, 3)
+            errors = [f.message for f in findings if f.severity == "error"]
+            row = audit.AuditRow(
+                operation=audit.VERIFY,
+                alembic_version=st.current,
+                prev_alembic_version=st.current,
+                operation_direction=None,
+                schema_name=st.schema,
+                environment=environment,
+                success=result.ok,
+                executed_by=conn.scalar(sa.text("SELECT current_user")),
+                run_id=run_id,
+                duration_ms=result.duration_ms,
+                error="; ".join(errors)[:4000] or None,
+            )
+            audit.ensure_table(conn, project.settings.audit_schema)
+            result.audit_id = audit.insert_row(conn, project.settings.audit_schema, row).id
+            conn.commit()
+            results.append(result)
+    return results
+
+
+# --- audit history -----------------------------------------------------------------------
+
+
+def history(
+    project: MigrationProject,
+    environment: str,
+    *,
+    schemas: list[str] | None = None,
+    limit: int = 20,
+) -> list[audit.AuditRow]:
+    """The newest audit rows of the environment's database."""
+    if schemas:
+        _schemas(project, schemas)
+    with connect(project, environment) as (conn, _):
+        return audit.recent_rows(
+            conn, project.settings.audit_schema, limit=limit, schema_names=schemas
+        )

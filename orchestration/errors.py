@@ -1,0 +1,9 @@
+"""The two kinds of failure every entry point tells apart (CLI exit codes 2 and 1)."""
+
+
+class ConfigurationError(Exception):
+    """Bad input or configuration: nothing was changed (CLI exit code 2)."""
+
+
+class MigrationError(Exception):
+    """A migration or verify step ran and failed (CLI exit code 1)."""

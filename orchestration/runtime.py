@@ -1,0 +1,316 @@
+"""What env.py runs: the guarantees every entry point (alembic, migrate, Dagster) shares.
+
+Callers hand per-run values to env.py through ``Config.attributes``:
+  connection   a SQLAlchemy Connection to migrate on (else env.py connects itself)
+  environment  dev / staging / prod / ... (else ``-x env=``, else dev)
+  run_id       the Dagster run id, written to every audit row
+  on_step      callable(AuditRow), called as each step ends (success or failure)
+  audit_rows   a list the rows of this run are appended to
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import os
+import socket
+import time
+from collections.abc import Callable, Collection, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import sqlalchemy as sa
+from alembic.runtime.environment import EnvironmentContext
+from alembic.runtime.migration import MigrationContext, MigrationInfo
+from sqlalchemy.engine import URL
+
+from orchestration import audit
+from orchestration.errors import MigrationError
+from orchestration.revisions import Revision
+from orchestration.settings import ProjectSettings, load_settings
+from orchestration.targets import database_url
+from orchestration.urls import redact
+
+# One advisory lock key for "a migration runs on this database" (63 bits, stable).
+LOCK_KEY = int.from_bytes(hashlib.sha256(b"alembic-dagster-pipeline").digest()[:8], "big") >> 1
+USER_VERSION_ENV = "MIGRATE_USER_VERSION"
+_ERROR_LIMIT = 4000
+
+
+def application_name(environment: str) -> str:
+    """What pg_stat_activity shows for our connections, so a lock holder can be named."""
+    return f"migrate:{environment}:{getpass.getuser()}@{socket.gethostname()}"[:63]
+
+
+def create_engine(url: URL, environment: str) -> sa.Engine:
+    """An engine for one run: no pool, so session settings never outlive the run."""
+    return sa.create_engine(
+        url,
+        poolclass=sa.NullPool,
+        connect_args={"application_name": application_name(environment), "connect_timeout": 10},
+    )
+
+
+def environment_of(context: EnvironmentContext) -> str:
+    config = context.config
+    return str(
+        config.attributes.get("environment")
+        or context.get_x_argument(as_dictionary=True).get("env")
+        or "dev"
+    )
+
+
+def error_text(exc: BaseException, url: URL | None = None) -> str:
+    """One readable line (or a few) for an exception, with no password in it."""
+    orig = getattr(exc, "orig", None)  # the driver's own message, not SQLAlchemy's wrapper
+    message = str(orig if orig is not None else exc).strip()
+    text = f"{type(orig or exc).__name__}: {message}"
+    return redact(text, url)[:_ERROR_LIMIT]
+
+
+# --- one runner per database -------------------------------------------------------------
+
+
+@contextmanager
+def advisory_lock(engine: sa.Engine, wait_seconds: float) -> Iterator[None]:
+    """Hold the migration lock on a connection of its own (autocommit_block needs that)."""
+    with engine.connect() as lock_conn:
+        lock_conn.execute(
+            sa.text("SELECT set_config('lock_timeout', :t, false)"),
+            {"t": f"{max(1, int(wait_seconds * 1000))}ms"},
+        )
+        try:
+            lock_conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": LOCK_KEY})
+        except sa.exc.OperationalError as exc:
+            if getattr(exc.orig, "pgcode", None) != "55P03":  # lock_not_available
+                raise
+            lock_conn.rollback()
+            raise MigrationError(
+                f"another migration holds the lock on this database ({lock_holder(lock_conn)}); "
+                f"gave up after {wait_seconds:g}s"
+            ) from None
+        lock_conn.commit()
+        try:
+            yield
+        finally:
+            # Closing the connection releases the lock as well, also when the process dies.
+            lock_conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": LOCK_KEY})
+            lock_conn.commit()
+
+
+def lock_holder(conn: sa.Connection) -> str:
+    row = conn.execute(
+        sa.text(
+            """
+            SELECT a.pid, a.application_name, a.usename, a.backend_start
+              FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+             WHERE l.locktype = 'advisory' AND l.granted
+               AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+               AND l.classid::bigint = :hi AND l.objid::bigint = :lo
+            """
+        ),
+        {"hi": LOCK_KEY >> 32, "lo": LOCK_KEY & 0xFFFFFFFF},
+    ).first()
+    if row is None:
+        return "holder unknown, it may have just finished"
+    since = row.backend_start.strftime("%Y-%m-%d %H:%M:%S %Z").strip()
+    return f"held by pid {row.pid} {row.application_name or '?'} as {row.usename}, since {since}"
+
+
+# --- the audit trail ---------------------------------------------------------------------
+
+
+class StepRecorder:
+    """Turns Alembic's steps into audit rows: inside each step's transaction on success,
+    on a connection of its own after the rollback on failure."""
+
+    def __init__(
+        self,
+        settings: ProjectSettings,
+        *,
+        environment: str,
+        executed_by: str,
+        run_id: str | None,
+        url: URL | None,
+        on_step: Callable[[audit.AuditRow], None] | None,
+        rows: list[audit.AuditRow],
+    ):
+        self.settings = settings
+        self.environment = environment
+        self.executed_by = executed_by
+        self.run_id = run_id
+        self.url = url
+        self.on_step = on_step
+        self.rows = rows
+        self.current: Any = None  # the RevisionStep running now
+        self.started = time.perf_counter()
+        self._checksums: dict[str, str] = {}
+
+    def track(self, migrations_fn: Callable[..., Any]) -> Callable[..., Iterator[Any]]:
+        """Wrap Alembic's step generator to know which step runs, and since when."""
+
+        def tracked(heads: Any, ctx: MigrationContext) -> Iterator[Any]:
+            for step in migrations_fn(heads, ctx):
+                self.current, self.started = step, time.perf_counter()
+                yield step
+            self.current = None
+
+        return tracked
+
+    def on_version_apply(
+        self,
+        ctx: MigrationContext,
+        step: MigrationInfo,
+        heads: Collection[Any],
+        run_args: Mapping[str, Any],
+    ) -> None:
+        """Alembic's hook: after the step's DDL and version update, in its transaction."""
+        row = self._row(step, success=True)
+        assert ctx.connection is not None
+        audit.insert_row(ctx.connection, self.settings.audit_schema, row)
+        self._done(row)
+
+    def record_failure(self, engine: sa.Engine, exc: BaseException) -> audit.AuditRow | None:
+        if self.current is None:
+            return None
+        row = self._row(self.current.info, success=False, error=error_text(exc, self.url))
+        try:
+            with engine.begin() as conn:
+                audit.insert_row(conn, self.settings.audit_schema, row)
+        except sa.exc.SQLAlchemyError:
+            pass  # the database is gone: the row still reaches the caller and its output
+        self._done(row)
+        return row
+
+    def _done(self, row: audit.AuditRow) -> None:
+        self.rows.append(row)
+        if self.on_step is not None:
+            self.on_step(row)
+
+    def _checksum(self, revision: Revision) -> str:
+        key = str(revision.path)
+        if key not in self._checksums:
+            self._checksums[key] = hashlib.sha256(revision.path.read_bytes()).hexdigest()
+        return self._checksums[key]
+
+    def _row(
+        self, info: MigrationInfo, *, success: bool, error: str | None = None
+    ) -> audit.AuditRow:
+        script = info.up_revision  # the revision applied (upgrade) or reverted (downgrade)
+        assert script is not None
+        revision = Revision.from_script(script)  # type: ignore[arg-type]
+        down = ",".join(revision.down_revisions) or None
+        if info.is_stamp:
+            operation = audit.STAMP
+        else:
+            operation = audit.MIGRATION if info.is_upgrade else audit.ROLLBACK
+        new, prev = (revision.revision, down) if info.is_upgrade else (down, revision.revision)
+        return audit.AuditRow(
+            operation=operation,
+            alembic_version=new,
+            prev_alembic_version=prev,
+            operation_direction=audit.UPGRADE if info.is_upgrade else audit.DOWNGRADE,
+            schema_name=revision.schema,
+            environment=self.environment,
+            success=success,
+            user_version=os.environ.get(USER_VERSION_ENV) or revision.create_date,
+            revision_checksum=self._checksum(revision),
+            executed_by=self.executed_by,
+            run_id=self.run_id,
+            duration_ms=round((time.perf_counter() - self.started) * 1000, 3),
+            error=error,
+            message=revision.message,
+        )
+
+
+# --- env.py entry points -----------------------------------------------------------------
+
+
+def _settings(context: EnvironmentContext) -> ProjectSettings:
+    settings = context.config.attributes.get("settings")
+    if settings is None:
+        settings = load_settings(context.config.config_file_name)
+        context.config.attributes["settings"] = settings
+    return settings
+
+
+def prepare_session(conn: sa.Connection, settings: ProjectSettings, environment: str) -> str:
+    """Timeouts for every step, the audit table, and who runs this. Returns executed_by."""
+    env = settings.environment(environment)
+    conn.execute(
+        sa.text(
+            "SELECT set_config('lock_timeout', :lock, false),"
+            " set_config('statement_timeout', :statement, false)"
+        ),
+        {"lock": env.lock_timeout, "statement": env.statement_timeout},
+    )
+    audit.ensure_table(conn, settings.audit_schema)
+    db_user = conn.scalar(sa.text("SELECT current_user"))
+    # Commit: Alembic must find the connection outside a transaction, or it would run
+    # every revision in one external transaction instead of one transaction each.
+    conn.commit()
+    return f"{db_user} ({getpass.getuser()}@{socket.gethostname()})"
+
+
+def run_migrations_online(context: EnvironmentContext) -> None:
+    settings = _settings(context)
+    environment = environment_of(context)
+    connection = context.config.attributes.get("connection")
+    if connection is not None:
+        _run_online(context, settings, environment, connection, None)
+        return
+    url = database_url(settings, environment)
+    engine = create_engine(url, environment)
+    try:
+        with engine.connect() as connection:
+            _run_online(context, settings, environment, connection, url)
+    finally:
+        engine.dispose()
+
+
+def _run_online(
+    context: EnvironmentContext,
+    settings: ProjectSettings,
+    environment: str,
+    connection: sa.Connection,
+    url: URL | None,
+) -> None:
+    attributes = context.config.attributes
+    url = url or connection.engine.url
+    with advisory_lock(connection.engine, settings.lock_wait_timeout_seconds):
+        recorder = StepRecorder(
+            settings,
+            environment=environment,
+            executed_by=prepare_session(connection, settings, environment),
+            run_id=attributes.get("run_id"),
+            url=url,
+            on_step=attributes.get("on_step"),
+            rows=attributes.setdefault("audit_rows", []),
+        )
+        context.configure(
+            connection=connection,
+            transaction_per_migration=True,
+            on_version_apply=recorder.on_version_apply,
+        )
+        migration_context = context.get_context()
+        # Alembic calls on_version_apply only for steps that succeed; knowing the step that
+        # runs is what lets a failed one be audited too.
+        assert migration_context._migrations_fn is not None
+        migration_context._migrations_fn = recorder.track(migration_context._migrations_fn)
+        try:
+            with context.begin_transaction():
+                context.run_migrations()
+        except Exception as exc:
+            recorder.record_failure(connection.engine, exc)
+            raise
+
+
+def run_migrations_offline(context: EnvironmentContext) -> None:
+    """--sql mode: the SQL each step would run, for review. No connection, no audit rows."""
+    context.configure(
+        dialect_name="postgresql",
+        literal_binds=True,
+        transaction_per_migration=True,
+    )
+    with context.begin_transaction():
+        context.run_migrations()

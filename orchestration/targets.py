@@ -1,0 +1,45 @@
+"""Which database an environment migrates: its URL variable, or the embedded default."""
+
+from __future__ import annotations
+
+import os
+
+from sqlalchemy.engine import URL
+
+from orchestration import embedded
+from orchestration.errors import ConfigurationError
+from orchestration.settings import ProjectSettings
+from orchestration.urls import normalize_url
+
+
+def uses_embedded(settings: ProjectSettings) -> bool:
+    """The embedded default applies only when no environment names a URL at all."""
+    return not any(os.environ.get(env.url_env) for env in settings.environments)
+
+
+def database_url(settings: ProjectSettings, environment: str) -> URL:
+    """The normalized (psycopg2) URL of ``environment``'s target database."""
+    env = settings.environment(environment)
+    if uses_embedded(settings):
+        server = embedded.ensure_server(settings.root)
+        embedded.ensure_databases(server, [*settings.environment_names, embedded.DAGSTER_DATABASE])
+        return server.set(database=env.name)
+    raw = os.environ.get(env.url_env)
+    if not raw:
+        raise ConfigurationError(
+            f"{env.url_env} is not set: other environments have URLs, so the embedded "
+            f"default is off and {env.name!r} needs its own"
+        )
+    try:
+        return normalize_url(raw)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"{env.url_env}: {exc}") from None
+
+
+def dagster_storage_url(settings: ProjectSettings) -> URL | None:
+    """Dagster's own storage on the embedded server, or None when URLs are configured."""
+    if not uses_embedded(settings):
+        return None
+    server = embedded.ensure_server(settings.root)
+    embedded.ensure_databases(server, [*settings.environment_names, embedded.DAGSTER_DATABASE])
+    return server.set(database=embedded.DAGSTER_DATABASE)
