@@ -353,10 +353,14 @@ def downgrade(
 
 
 def _verify_schema(
-    project: MigrationProject, conn: sa.Connection, st: SchemaStatus, db_heads: tuple[str, ...]
+    project: MigrationProject,
+    conn: sa.Connection,
+    st: SchemaStatus,
+    db_heads: tuple[str, ...],
+    expect_head: bool,
 ) -> list[VerifyFinding]:
     findings: list[VerifyFinding] = []
-    if not st.at_head:
+    if expect_head and not st.at_head:
         findings.append(
             VerifyFinding(
                 "at_head",
@@ -432,16 +436,21 @@ def verify(
     environment: str,
     schemas: list[str] | None = None,
     *,
+    expect_head: bool = True,
     run_id: str | None = None,
 ) -> list[VerifyResult]:
-    """Check each schema and write one `verify` audit row per schema."""
+    """Check each schema and write one `verify` audit row per schema.
+
+    ``expect_head=False`` checks a schema where it stands (after a rollback): everything
+    but being at head.
+    """
     selected = _schemas(project, schemas)
     results = []
     with connect(project, environment) as (conn, _):
         db_heads = _db_heads(conn)
         for st in _status_from_heads(project, db_heads, selected):
             started = time.perf_counter()
-            findings = _verify_schema(project, conn, st, db_heads)
+            findings = _verify_schema(project, conn, st, db_heads, expect_head)
             result = VerifyResult(environment, st.schema, st.current, st.head, findings)
             result.duration_ms = round((time.perf_counter() - started) * 1000, 3)
             errors = [f.message for f in findings if f.severity == "error"]

@@ -1,0 +1,1 @@
+"""Dagster definitions: thin over the engine, turning its results into Dagster events."""

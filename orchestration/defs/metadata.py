@@ -1,0 +1,102 @@
+"""Engine results as the metadata people read in the Dagster UI."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from orchestration import audit, engine
+
+_STEP_COLUMNS = dg.TableSchema(
+    columns=[
+        dg.TableColumn("schema", "string"),
+        dg.TableColumn("operation", "string"),
+        dg.TableColumn("from", "string"),
+        dg.TableColumn("to", "string"),
+        dg.TableColumn("message", "string"),
+        dg.TableColumn("duration_ms", "float"),
+        dg.TableColumn("success", "bool"),
+        dg.TableColumn("audit_id", "int"),
+    ]
+)
+
+
+def steps_table(rows: list[audit.AuditRow]) -> dg.TableMetadataValue:
+    return dg.MetadataValue.table(
+        records=[
+            dg.TableRecord(
+                {
+                    "schema": r.schema_name or "",
+                    "operation": r.operation,
+                    "from": r.prev_alembic_version or "base",
+                    "to": r.alembic_version or "base",
+                    "message": r.message or "",
+                    "duration_ms": float(r.duration_ms or 0.0),
+                    "success": r.success,
+                    "audit_id": int(r.id or 0),
+                }
+            )
+            for r in rows
+        ],
+        schema=_STEP_COLUMNS,
+    )
+
+
+def run_metadata(
+    environment: str,
+    schema: str,
+    rows: list[audit.AuditRow],
+    plan: engine.PlannedSchema | None,
+    status: engine.SchemaStatus | None,
+) -> dict[str, dg.MetadataValue]:
+    """What a schema asset's materialization shows: what ran, how long, where it stands."""
+    mine = [r for r in rows if r.schema_name == schema]
+    metadata: dict[str, dg.MetadataValue] = {
+        "environment": dg.MetadataValue.text(environment),
+        "revisions_applied": steps_table(mine),
+        "steps": dg.MetadataValue.int(len(mine)),
+        "duration_ms": dg.MetadataValue.float(round(sum(r.duration_ms or 0 for r in mine), 3)),
+        "audit_row_ids": dg.MetadataValue.text(", ".join(str(r.id) for r in mine) or "none"),
+        "audit_table": dg.MetadataValue.text(
+            f"alembic_version_history in the {environment} database"
+        ),
+    }
+    if status is not None:
+        metadata["current_revision"] = dg.MetadataValue.text(status.current or "base")
+        metadata["head_revision"] = dg.MetadataValue.text(status.head or "base")
+    if plan is not None and plan.sql:
+        metadata["sql"] = dg.MetadataValue.md(f"```sql\n{plan.sql.strip()}\n```")
+    elif not mine:
+        metadata["sql"] = dg.MetadataValue.md("Already at head: no SQL ran.")
+    return metadata
+
+
+def verify_metadata(result: engine.VerifyResult) -> dict[str, dg.MetadataValue]:
+    findings = [f"- **{f.severity}** `{f.check}`: {f.message}" for f in result.findings]
+    return {
+        "environment": dg.MetadataValue.text(result.environment),
+        "current_revision": dg.MetadataValue.text(result.current or "base"),
+        "head_revision": dg.MetadataValue.text(result.head or "base"),
+        "findings": dg.MetadataValue.md("\n".join(findings) or "No findings."),
+        "finding_count": dg.MetadataValue.int(len(result.findings)),
+        "audit_row_id": dg.MetadataValue.int(result.audit_id or 0),
+        "duration_ms": dg.MetadataValue.float(result.duration_ms or 0.0),
+    }
+
+
+def failure(environment: str, result: engine.RunResult) -> dg.Failure:
+    """A failed run's first line names the revision and the cause."""
+    failed = next((r for r in result.steps if not r.success), None)
+    if failed is not None:
+        head = (
+            f"{environment}/{failed.schema_name}: revision {failed.alembic_version or 'base'} "
+            f"({failed.message}) failed: {(failed.error or '').splitlines()[0]}"
+        )
+    else:
+        head = f"{environment}: {result.operation} failed: {result.error}"
+    return dg.Failure(
+        description=head,
+        metadata={
+            "error": dg.MetadataValue.text(result.error or ""),
+            "steps": steps_table(result.steps),
+        },
+    )

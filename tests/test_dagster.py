@@ -1,0 +1,281 @@
+"""The Dagster layer against a real PostgreSQL and a real (persistent, temporary) instance."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import dagster as dg
+import pytest
+from conftest import ANALYTICS_HEAD, ECOMMERCE_HEAD, Workspace, simple_revision
+
+from orchestration.definitions import build_definitions
+
+
+@pytest.fixture
+def instance():
+    with dg.instance_for_test() as instance:
+        yield instance
+
+
+@pytest.fixture
+def defs(workspace: Workspace) -> dg.Definitions:
+    return build_definitions(str(workspace.ini))
+
+
+def _key(env: str, schema: str) -> dg.AssetKey:
+    return dg.AssetKey([env, schema])
+
+
+def test_definitions_load_with_the_promotion_graph(defs):
+    dg.Definitions.validate_loadable(defs)
+    graph = defs.resolve_asset_graph()
+    parents = {
+        k.to_user_string(): {p.to_user_string() for p in graph.get(k).parent_keys}
+        for k in graph.get_all_asset_keys()
+    }
+    assert parents == {
+        "dev/ecommerce": set(),
+        "dev/analytics": {"dev/ecommerce"},
+        "staging/ecommerce": {"dev/ecommerce"},
+        "staging/analytics": {"dev/analytics", "staging/ecommerce"},
+        "prod/ecommerce": {"staging/ecommerce"},
+        "prod/analytics": {"staging/analytics", "prod/ecommerce"},
+    }
+    checks = {c.to_user_string() for c in graph.asset_check_keys}
+    assert checks == {f"{k}:verify" for k in parents}
+    assert all(graph.get_check_spec(c).blocking for c in graph.asset_check_keys)
+    # policy from migrate.toml: staging follows dev on its own, prod only by a launch
+    assert graph.get(_key("staging", "ecommerce")).automation_condition is not None
+    assert graph.get(_key("prod", "ecommerce")).automation_condition is None
+    assert {j.name for j in defs.resolve_all_job_defs()} >= {
+        "migrate",
+        "rollback",
+        "promote",
+        "environment_sync",
+    }
+
+
+def test_a_new_schema_folder_becomes_assets_without_code(workspace: Workspace):
+    folder = workspace.versions / "billing"
+    folder.mkdir()
+    ini = workspace.ini.read_text().replace(
+        "%(here)s/migrations/versions/analytics",
+        "%(here)s/migrations/versions/analytics\n    %(here)s/migrations/versions/billing",
+    )
+    workspace.ini.write_text(ini)
+    keys = build_definitions(str(workspace.ini)).resolve_asset_graph().get_all_asset_keys()
+    assert {_key(env, "billing") for env in ("dev", "staging", "prod")} <= keys
+
+
+def test_materialize_dev_schemas_writes_audit_rows_with_the_run_id(defs, instance, workspace):
+    job = defs.resolve_implicit_global_asset_job_def()
+    result = job.execute_in_process(
+        instance=instance, asset_selection=[_key("dev", "ecommerce"), _key("dev", "analytics")]
+    )
+
+    assert result.success
+    rows = workspace.audit()
+    migrations = [r for r in rows if r.operation == "migration"]
+    assert len(migrations) == 7
+    assert {r.run_id for r in rows} == {result.run_id}
+    assert {r.schema_name for r in rows if r.operation == "verify"} == {"ecommerce", "analytics"}
+    event = instance.get_latest_materialization_event(_key("dev", "ecommerce"))
+    meta = event.asset_materialization.metadata
+    assert meta["current_revision"].value == ECOMMERCE_HEAD
+    assert "CREATE TABLE ecommerce.customers" in meta["sql"].value
+    applied = meta["revisions_applied"].value.records
+    assert [r.data["to"] for r in applied][-1] == ECOMMERCE_HEAD
+    assert meta["audit_row_ids"].value == ", ".join(
+        str(r.id) for r in migrations if r.schema_name == "ecommerce"
+    )
+    check = instance.event_log_storage.get_latest_asset_check_execution_by_key(
+        [dg.AssetCheckKey(_key("dev", "analytics"), "verify")]
+    )
+    assert check[dg.AssetCheckKey(_key("dev", "analytics"), "verify")].status.value == "SUCCEEDED"
+    assert workspace.version_heads("staging") == set()
+
+
+def test_promote_carries_schemas_through_every_environment(defs, instance, workspace):
+    result = defs.resolve_job_def("promote").execute_in_process(instance=instance)
+    assert result.success
+    for env in ("dev", "staging", "prod"):
+        assert workspace.version_heads(env) == {ECOMMERCE_HEAD, ANALYTICS_HEAD}
+        assert {r.run_id for r in workspace.audit(env)} == {result.run_id}
+
+
+def test_failed_verify_in_dev_stops_staging_and_prod_in_the_same_run(workspace, instance):
+    body = simple_revision("nocheck00001", ECOMMERCE_HEAD, "never_filled")
+    body += "\n\ndef verify(connection):\n    return 'never_filled has no rows'\n"
+    workspace.add_revision("ecommerce", "2024_03_02_0900-nocheck00001_add.py", body)
+    defs = build_definitions(str(workspace.ini))
+
+    result = defs.resolve_job_def("promote").execute_in_process(
+        instance=instance, raise_on_error=False
+    )
+
+    assert not result.success
+    assert "nocheck00001" in workspace.version_heads("dev")
+    # nothing reached staging or prod: no tables, no version rows, no audit rows
+    for env in ("staging", "prod"):
+        assert workspace.version_heads(env) == set()
+        assert workspace.audit(env) == []
+    materialized = {e.asset_key for e in result.get_asset_materialization_events()}
+    assert _key("staging", "ecommerce") not in materialized
+
+
+def test_migrate_job_runs_with_no_config(defs, instance, workspace):
+    result = defs.resolve_job_def("migrate").execute_in_process(instance=instance)
+    assert result.success
+    assert workspace.version_heads() == {ECOMMERCE_HEAD, ANALYTICS_HEAD}
+    rows = workspace.audit()
+    assert {r.run_id for r in rows} == {result.run_id}
+    assert [r.operation for r in rows].count("verify") == 2
+    # the job's steps show on the schema assets and their verify checks too
+    assert instance.get_latest_materialization_event(_key("dev", "analytics")) is not None
+    check_key = dg.AssetCheckKey(_key("dev", "ecommerce"), "verify")
+    latest = instance.event_log_storage.get_latest_asset_check_execution_by_key([check_key])
+    assert latest[check_key].run_id == result.run_id
+    assert latest[check_key].status.value == "SUCCEEDED"
+
+
+def test_rollback_job_writes_rollback_rows(defs, instance, workspace):
+    assert defs.resolve_job_def("migrate").execute_in_process(instance=instance).success
+    result = defs.resolve_job_def("rollback").execute_in_process(
+        instance=instance,
+        run_config=dg.RunConfig(
+            ops={"downgrade": {"config": {"schema_name": "analytics", "to": "-1"}}}
+        ),
+    )
+    assert result.success
+    rollback = [r for r in workspace.audit() if r.operation == "rollback"]
+    assert len(rollback) == 1 and rollback[0].run_id == result.run_id
+    assert rollback[0].prev_alembic_version == ANALYTICS_HEAD
+    verify_after = [
+        r for r in workspace.audit() if r.run_id == result.run_id and r.operation == "verify"
+    ]
+    assert [r.success for r in verify_after] == [True]  # verified where it stands
+
+
+def test_rollback_job_requires_schema_and_target(defs):
+    job = defs.resolve_job_def("rollback")
+    with pytest.raises(dg.DagsterInvalidConfigError):
+        job.execute_in_process(run_config={})
+
+
+def test_failed_migration_run_names_revision_and_cause(workspace, instance):
+    from conftest import failing_revision
+
+    workspace.add_revision(
+        "ecommerce",
+        "2024_03_01_0900-bad000000001_boom.py",
+        failing_revision("bad000000001", ECOMMERCE_HEAD, "boom"),
+    )
+    defs = build_definitions(str(workspace.ini))
+    result = defs.resolve_job_def("migrate").execute_in_process(
+        instance=instance, raise_on_error=False
+    )
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    first_line = failure.step_failure_data.user_failure_data.description.splitlines()[0]
+    assert "bad000000001" in first_line and "division by zero" in first_line
+    failed = workspace.audit()[-1]
+    assert failed.success is False and failed.run_id == result.run_id
+
+
+# --- the sensor ----------------------------------------------------------------------------
+
+
+def _tick(defs, instance, cursor):
+    sensor = defs.resolve_sensor_def("revision_files_sensor")
+    context = dg.build_sensor_context(instance=instance, cursor=cursor, definitions=defs)
+    result = sensor(context)
+    return result, context.cursor
+
+
+def test_revision_files_sensor(workspace: Workspace, instance):
+    defs = build_definitions(str(workspace.ini))
+    first, cursor = _tick(defs, instance, None)
+    assert isinstance(first, dg.SkipReason) and "first tick" in first.skip_message
+    assert len(json.loads(cursor)) == 7
+
+    quiet, cursor = _tick(defs, instance, cursor)
+    assert isinstance(quiet, dg.SkipReason) and "no new" in quiet.skip_message
+
+    path = workspace.add_revision(
+        "ecommerce",
+        "2024_03_02_0900-new000000001_add.py",
+        simple_revision("new000000001", ECOMMERCE_HEAD, "wishlists"),
+    )
+    new, cursor = _tick(defs, instance, cursor)
+    (request,) = new.run_requests
+    assert request.asset_selection == [_key("dev", "ecommerce")]
+    assert request.run_key.startswith("ecommerce:new000000001@")
+    first_key = request.run_key
+
+    again, cursor = _tick(defs, instance, new.cursor)
+    assert isinstance(again, dg.SkipReason)
+
+    path.write_text(path.read_text() + "\n# reviewed\n")
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 1_000_000))
+    edited, cursor = _tick(defs, instance, again_cursor := cursor)
+    assert again_cursor
+    (request,) = edited.run_requests
+    assert request.run_key != first_key and "new000000001" in request.run_key
+
+    workspace.add_revision("analytics", "2024_03_03_0900-broken000001_x.py", "def upgrade(:\n")
+    broken, cursor = _tick(defs, instance, edited.cursor)
+    assert isinstance(broken, dg.SkipReason)
+    assert "broken000001_x.py" in broken.skip_message and "analytics" in broken.skip_message
+    # reported once, not in a loop
+    quiet_again, _ = _tick(defs, instance, cursor)
+    assert isinstance(quiet_again, dg.SkipReason) and "no new" in quiet_again.skip_message
+
+
+def test_sensor_run_applies_the_new_revision_in_dev(workspace: Workspace, instance):
+    defs = build_definitions(str(workspace.ini))
+    _, cursor = _tick(defs, instance, None)
+    workspace.add_revision(
+        "ecommerce",
+        "2024_03_02_0900-new000000001_add.py",
+        simple_revision("new000000001", ECOMMERCE_HEAD, "wishlists"),
+    )
+    result, _ = _tick(build_definitions(str(workspace.ini)), instance, cursor)
+    (request,) = result.run_requests
+    job = build_definitions(str(workspace.ini)).resolve_implicit_global_asset_job_def()
+    run = job.execute_in_process(instance=instance, asset_selection=request.asset_selection)
+    assert run.success
+    assert "wishlists" in workspace.tables("ecommerce")
+    assert workspace.version_heads("staging") == set()
+
+
+# --- the schedule --------------------------------------------------------------------------
+
+
+def test_environment_sync_schedule(defs, instance):
+    schedule = defs.resolve_schedule_def("environment_sync")
+    request = schedule(dg.build_schedule_context(instance=instance))
+    assert isinstance(request, dg.RunRequest)
+    assert request.tags["migrate/trigger"] == "environment_sync"
+
+    instance.add_run(
+        dg.DagsterRun(job_name="migrate", run_id="active-run", status=dg.DagsterRunStatus.STARTED)
+    )
+    skipped = schedule(dg.build_schedule_context(instance=instance))
+    assert isinstance(skipped, dg.SkipReason) and "active-run" in skipped.skip_message
+
+
+def test_environment_sync_job_upgrades_auto_environments_and_verifies_prod(
+    defs, instance, workspace
+):
+    result = defs.resolve_job_def("environment_sync").execute_in_process(
+        instance=instance, raise_on_error=False
+    )
+    assert workspace.version_heads("dev") == {ECOMMERCE_HEAD, ANALYTICS_HEAD}
+    assert workspace.version_heads("staging") == {ECOMMERCE_HEAD, ANALYTICS_HEAD}
+    assert workspace.version_heads("prod") == set()  # manual: verified, never upgraded
+    prod_verify = [r for r in workspace.audit("prod") if r.operation == "verify"]
+    assert {r.schema_name for r in prod_verify} == {"ecommerce", "analytics"}
+    assert not any(r.success for r in prod_verify)
+    assert not result.success  # prod is behind: its verify fails, visibly
