@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
 import sys
 from collections.abc import Sequence
 from typing import Any
 
-from orchestration import audit, engine
+from sqlalchemy.engine import make_url
+
+from orchestration import audit, engine, launcher
 from orchestration.errors import ConfigurationError, MigrationError
 from orchestration.revisions import MigrationProject
 from orchestration.settings import load_settings
@@ -35,6 +39,7 @@ examples:
   migrate upgrade --env staging --schema ecommerce
   migrate downgrade --schema analytics --to -1
   migrate verify --json
+  migrate ui                       # the Dagster UI, on the embedded default if no URL is set
 """
 
 
@@ -200,6 +205,43 @@ def cmd_audit(project: MigrationProject, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _dagster_env(project_settings: Any) -> dict[str, str]:
+    env = launcher.dagster_environment(project_settings)
+    env["DAGSTER_HOME"] = str(launcher.prepare_dagster_home(project_settings))
+    return env
+
+
+def cmd_env(settings: Any, args: argparse.Namespace) -> int:
+    """Print what dagster-webserver / dagster-daemon need, for `eval "$(migrate env)"`."""
+    for name, value in _dagster_env(settings).items():
+        if sa_url_has_password(value):
+            print(f"# {name} is set in your environment (holds a password: not printed)")
+        else:
+            print(f"export {name}={shlex.quote(value)}")
+    return EXIT_OK
+
+
+def cmd_ui(settings: Any, args: argparse.Namespace) -> int:
+    """Start what Dagster needs, then hand over to `dagster dev` (same process)."""
+    env = {**os.environ, **_dagster_env(settings)}
+    workspace = settings.root / "workspace.yaml"
+    extra = args.dagster_args[1:] if args.dagster_args[:1] == ["--"] else args.dagster_args
+    argv = [sys.executable, "-m", "dagster", "dev", "-w", str(workspace), *extra]
+    print(f"DAGSTER_HOME={env['DAGSTER_HOME']}; running: dagster dev -w {workspace}", flush=True)
+    # From DAGSTER_HOME: dagster dev warns about a dagster.yaml in its working directory,
+    # and workspace.yaml sets the code location's own working directory.
+    os.chdir(env["DAGSTER_HOME"])
+    os.execve(sys.executable, argv, env)
+    return EXIT_OK  # not reached
+
+
+def sa_url_has_password(value: str) -> bool:
+    try:
+        return bool(make_url(value).password)
+    except Exception:
+        return False
+
+
 # --- parser ------------------------------------------------------------------------------
 
 
@@ -240,6 +282,24 @@ def build_parser() -> argparse.ArgumentParser:
     add("verify", cmd_verify, "check each schema: at head, revision files unchanged since applied")
     audit_parser = add("audit", cmd_audit, "show the newest rows of alembic_version_history")
     audit_parser.add_argument("--limit", type=int, default=20, help="rows to show (default 20)")
+    ui = sub.add_parser(
+        "ui",
+        help="start the Dagster UI (dagster dev) with PostgreSQL storage",
+        description="Start the embedded PostgreSQL when no URL is set, export the "
+        "environments' URLs and DAGSTER_POSTGRES_URL, put dagster.yaml in $DAGSTER_HOME "
+        "(default .dagster_home/), then run `dagster dev -w workspace.yaml`. Arguments "
+        "after -- go to dagster dev (e.g. -- -p 3001).",
+    )
+    ui.add_argument("dagster_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    ui.set_defaults(handler=cmd_ui, needs_project=False)
+    env = sub.add_parser(
+        "env",
+        help='print the variables Dagster\'s processes need, for eval "$(migrate env)"',
+        description="Print export lines for the environments' URLs, DAGSTER_POSTGRES_URL "
+        "and DAGSTER_HOME, as `migrate ui` sets them, to run dagster-webserver and "
+        "dagster-daemon yourself. Values holding a password are not printed.",
+    )
+    env.set_defaults(handler=cmd_env, needs_project=False)
     return parser
 
 
@@ -248,6 +308,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         settings = load_settings(args.config)
+        if not getattr(args, "needs_project", True):
+            return int(args.handler(settings, args))
         settings.environment(args.env)  # an unknown environment fails before anything runs
         project = MigrationProject(settings)
         code: int = args.handler(project, args)

@@ -76,7 +76,18 @@ def build_definitions(
         assets=assets,
         asset_checks=checks,
         jobs=[*build_jobs(translator), promote, sync],
-        sensors=[build_revision_files_sensor(settings.alembic_ini, translator, first_env)],
+        sensors=[
+            build_revision_files_sensor(settings.alembic_ini, translator, first_env),
+            # Dagster's default automation sensor starts STOPPED; promote = "auto" in
+            # migrate.toml is meant to work as soon as the daemon runs.
+            dg.AutomationConditionSensorDefinition(
+                "promotion_automation",
+                target=dg.AssetSelection.assets(*auto_keys),
+                default_status=dg.DefaultSensorStatus.RUNNING,
+                description="Carries schemas into promote=auto environments once the "
+                "environment before them verified.",
+            ),
+        ],
         schedules=[build_environment_sync(sync, SYNC_CRON)],
         resources={"migrations": MigrationResource(alembic_ini=str(settings.alembic_ini))},
         # Alembic is not thread-safe and each step is short: run steps one after another in

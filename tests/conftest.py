@@ -164,7 +164,7 @@ def workspace(tmp_path: Path, databases: Databases, monkeypatch: pytest.MonkeyPa
     """A project copy whose dev, staging and prod are fresh databases of the test server."""
     root = tmp_path / "project"
     root.mkdir()
-    for name in ("alembic.ini", "migrate.toml"):
+    for name in ("alembic.ini", "migrate.toml", "workspace.yaml", "dagster.yaml"):
         shutil.copy(REPO / name, root / name)
     shutil.copytree(
         REPO / "migrations", root / "migrations", ignore=shutil.ignore_patterns("__pycache__")

@@ -279,3 +279,38 @@ def test_environment_sync_job_upgrades_auto_environments_and_verifies_prod(
     assert {r.schema_name for r in prod_verify} == {"ecommerce", "analytics"}
     assert not any(r.success for r in prod_verify)
     assert not result.success  # prod is behind: its verify fails, visibly
+
+
+# --- declarative automation: promote = "auto" --------------------------------------------
+
+
+def test_staging_follows_a_verified_dev_and_prod_never_does(defs, instance, workspace):
+    # the daemon evaluates on every tick: a first evaluation is the baseline
+    baseline = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+    assert baseline.total_requested == 0
+    job = defs.resolve_implicit_global_asset_job_def()
+    assert job.execute_in_process(
+        instance=instance, asset_selection=[_key("dev", "ecommerce")]
+    ).success
+
+    result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=baseline.cursor)
+
+    assert result.get_num_requested(_key("staging", "ecommerce")) == 1
+    assert result.get_num_requested(_key("prod", "ecommerce")) == 0
+    assert result.get_num_requested(_key("staging", "analytics")) == 0  # dev/analytics not run
+
+
+def test_staging_does_not_follow_a_dev_that_failed_verify(workspace, instance):
+    body = simple_revision("nocheck00001", ECOMMERCE_HEAD, "never_filled")
+    body += "\n\ndef verify(connection):\n    return 'never_filled has no rows'\n"
+    workspace.add_revision("ecommerce", "2024_03_02_0900-nocheck00001_add.py", body)
+    defs = build_definitions(str(workspace.ini))
+    baseline = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+    defs.resolve_implicit_global_asset_job_def().execute_in_process(
+        instance=instance, asset_selection=[_key("dev", "ecommerce")], raise_on_error=False
+    )
+
+    result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=baseline.cursor)
+
+    assert result.get_num_requested(_key("staging", "ecommerce")) == 0
+    assert result.total_requested == 0

@@ -1,0 +1,64 @@
+"""The environment Dagster's processes need: target URLs, its own storage, DAGSTER_HOME.
+
+The embedded server must be up, and the URLs exported, before dagster's webserver and
+daemon open their storage: `migrate ui` does that, then runs `dagster dev`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from orchestration import targets
+from orchestration.errors import ConfigurationError
+from orchestration.settings import ProjectSettings
+from orchestration.urls import normalize_url
+
+STORAGE_ENV = "DAGSTER_POSTGRES_URL"
+
+
+def dagster_environment(settings: ProjectSettings) -> dict[str, str]:
+    """Variables to add to the environment of dagster's processes (nothing secret: the
+    embedded server has no password, and configured URLs are already in the environment)."""
+    env: dict[str, str] = {"ALEMBIC_CONFIG": str(settings.alembic_ini)}
+    if targets.uses_embedded(settings):
+        for name in settings.environment_names:
+            url = targets.database_url(settings, name)
+            env[settings.environment(name).url_env] = url.render_as_string(hide_password=False)
+        if not os.environ.get(STORAGE_ENV):
+            storage = targets.dagster_storage_url(settings)
+            assert storage is not None
+            env[STORAGE_ENV] = storage.render_as_string(hide_password=False)
+    raw_storage = env.get(STORAGE_ENV) or os.environ.get(STORAGE_ENV)
+    if not raw_storage:
+        raise ConfigurationError(
+            f"{STORAGE_ENV} is not set: Dagster's own storage needs a PostgreSQL database "
+            "of its own (never one of the migrated databases)"
+        )
+    storage_url = normalize_url(raw_storage)
+    for name in settings.environment_names:
+        target = targets.database_url(settings, name)
+        same_server = (target.host, target.port, target.query.get("host")) == (
+            storage_url.host,
+            storage_url.port,
+            storage_url.query.get("host"),
+        )
+        if same_server and target.database == storage_url.database:
+            raise ConfigurationError(
+                f"{STORAGE_ENV} points at the {name} database: Dagster keeps its own "
+                "alembic_version there; give it a database of its own"
+            )
+    # SQLAlchemy 2.1 maps postgresql:// to psycopg 3, which is not installed.
+    env[STORAGE_ENV] = storage_url.render_as_string(hide_password=False)
+    return env
+
+
+def prepare_dagster_home(settings: ProjectSettings, home: Path | None = None) -> Path:
+    """$DAGSTER_HOME (default .dagster_home/ in the project) holding the project's dagster.yaml."""
+    home = Path(home or os.environ.get("DAGSTER_HOME") or settings.root / ".dagster_home")
+    home.mkdir(parents=True, exist_ok=True)
+    source = settings.root / "dagster.yaml"
+    if source.is_file() and source.resolve() != (home / "dagster.yaml").resolve():
+        shutil.copyfile(source, home / "dagster.yaml")
+    return home.resolve()
