@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy.engine import make_url
 
-from orchestration import audit, engine, launcher
+from orchestration import audit, embedded, engine, launcher, targets
 from orchestration.errors import ConfigurationError, MigrationError
 from orchestration.revisions import MigrationProject
 from orchestration.settings import load_settings
@@ -235,6 +235,22 @@ def cmd_ui(settings: Any, args: argparse.Namespace) -> int:
     return EXIT_OK  # not reached
 
 
+def cmd_server(settings: Any, args: argparse.Namespace) -> int:
+    """The embedded PostgreSQL: where it is, whether it runs; stop it."""
+    folder = embedded.data_dir(settings.root)
+    if args.action == "stop":
+        stopped = embedded.stop_server(settings.root)
+        print(f"embedded PostgreSQL in {folder}: {'stopped' if stopped else 'was not running'}")
+        return EXIT_OK
+    running = (folder / "postmaster.pid").exists()
+    print(f"embedded PostgreSQL in {folder}: {'running' if running else 'not running'}")
+    if targets.uses_embedded(settings):
+        print("used: no environment URL is set")
+    else:
+        print("not used: environment URLs are set")
+    return EXIT_OK
+
+
 def sa_url_has_password(value: str) -> bool:
     try:
         return bool(make_url(value).password)
@@ -300,6 +316,14 @@ def build_parser() -> argparse.ArgumentParser:
         "dagster-daemon yourself. Values holding a password are not printed.",
     )
     env.set_defaults(handler=cmd_env, needs_project=False)
+    server = sub.add_parser(
+        "server",
+        help="status or stop of the embedded PostgreSQL",
+        description="The embedded PostgreSQL (data in .pgdata/ or $MIGRATE_EMBEDDED_DIR) "
+        "starts on first use and keeps running for later commands; `stop` stops it.",
+    )
+    server.add_argument("action", choices=["status", "stop"])
+    server.set_defaults(handler=cmd_server, needs_project=False)
     return parser
 
 

@@ -16,6 +16,7 @@ def embedded_workspace(workspace: Workspace, tmp_path, monkeypatch):
     for var in ENV_URL_VARS:
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv(embedded.DATA_DIR_ENV, str(tmp_path / "pgdata"))
+    workspace.urls = {}  # subprocesses get no URL either
     yield workspace
     embedded.stop_server(workspace.root)
 
@@ -53,9 +54,13 @@ def test_a_second_call_reuses_the_running_server(embedded_workspace: Workspace):
     first = targets.database_url(settings, "dev")
     pid = _server_pid(first)
     # another process: the server outlived the first call and is found, not started again
-    done = embedded_workspace.run("migrate", "status", env_vars={})
+    done = embedded_workspace.run("migrate", "upgrade", "--schema", "ecommerce", env_vars={})
     assert done.returncode == 0, done.stderr
     assert _server_pid(targets.database_url(settings, "staging")) == pid
+    eng = sa.create_engine(first, poolclass=sa.NullPool)
+    with eng.connect() as conn:  # the subprocess migrated the embedded dev database
+        assert conn.scalar(sa.text("SELECT count(*) FROM alembic_version_history")) == 5
+    eng.dispose()
 
 
 def test_partial_url_configuration_is_an_error(embedded_workspace: Workspace, monkeypatch):
@@ -63,3 +68,15 @@ def test_partial_url_configuration_is_an_error(embedded_workspace: Workspace, mo
     settings = load_settings(embedded_workspace.ini)
     with pytest.raises(ConfigurationError, match="STAGING_DATABASE_URL is not set"):
         targets.database_url(settings, "staging")
+
+
+def test_server_command_reports_and_stops_the_embedded_server(embedded_workspace: Workspace):
+    settings = load_settings(embedded_workspace.ini)
+    targets.database_url(settings, "dev")  # starts it
+    status = embedded_workspace.run("migrate", "server", "status", env_vars={})
+    assert status.returncode == 0, status.stderr
+    assert ": running" in status.stdout and "used: no environment URL is set" in status.stdout
+    stop = embedded_workspace.run("migrate", "server", "stop", env_vars={})
+    assert stop.returncode == 0 and "stopped" in stop.stdout
+    after = embedded_workspace.run("migrate", "server", "status", env_vars={})
+    assert "not running" in after.stdout
