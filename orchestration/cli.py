@@ -146,6 +146,7 @@ def cmd_downgrade(project: MigrationProject, args: argparse.Namespace) -> int:
         args.env,
         schemas=args.schema,
         to=args.to,
+        allow_data_loss=args.allow_data_loss,
         on_step=None if args.json else _progress_printer(header),
     )
     return _report_run(result, args)
@@ -294,6 +295,11 @@ def build_parser() -> argparse.ArgumentParser:
     down = add("downgrade", cmd_downgrade, "revert revisions of a schema (needs --schema)")
     down.add_argument(
         "--to", required=True, help="revision id to go back to, -N for N steps, or base"
+    )
+    down.add_argument(
+        "--allow-data-loss",
+        action="store_true",
+        help="go ahead even if a step drops a table or column that holds rows",
     )
     add("verify", cmd_verify, "check each schema: at head, revision files unchanged since applied")
     audit_parser = add("audit", cmd_audit, "show the newest rows of alembic_version_history")

@@ -20,8 +20,8 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy.engine import URL
 
-from orchestration import audit
-from orchestration.errors import ConfigurationError
+from orchestration import audit, catalog, dataloss
+from orchestration.errors import ConfigurationError, DataLossRefused
 from orchestration.revisions import MigrationProject, Revision, file_checksum
 from orchestration.runtime import create_engine, error_text
 from orchestration.targets import database_url
@@ -322,25 +322,84 @@ def _downgrade_target(project: MigrationProject, st: SchemaStatus, to: str) -> s
     return revision.revision
 
 
+def _reverted(
+    project: MigrationProject, statuses: list[SchemaStatus], selected: list[str], to: str
+) -> list[Revision]:
+    """The revisions a downgrade of ``selected`` reverts: theirs, then every applied
+    revision that depends on a reverted one (Alembic takes dependents down first)."""
+    applied = {
+        st.schema: [r for r in project.revisions(st.schema) if r not in st.pending]
+        for st in statuses
+    }
+    reverted: dict[str, Revision] = {}
+    for schema in selected:
+        mine = applied[schema]
+        relative = _RELATIVE.match(to)
+        if relative:
+            keep = len(mine) - int(relative.group(1))
+        elif to == "base":
+            keep = 0
+        else:
+            keep = [r.revision for r in mine].index(project.resolve(to).revision) + 1
+        reverted.update((r.revision, r) for r in mine[keep:])
+    changed = True
+    while changed:
+        changed = False
+        for r in (r for revisions in applied.values() for r in revisions):
+            if r.revision not in reverted and {*r.depends_on, *r.down_revisions} & reverted.keys():
+                reverted[r.revision] = r
+                changed = True
+    return list(reverted.values())
+
+
+def data_at_risk(
+    project: MigrationProject, environment: str, conn: sa.Connection, reverted: list[Revision]
+) -> list[dataloss.AtRisk]:
+    """Non-empty tables and columns that reverting ``reverted`` would drop."""
+    found: list[dataloss.AtRisk] = []
+    for revision in reverted:
+        down = revision.down_revisions[0] if revision.down_revisions else f"{revision.schema}@base"
+        output = io.StringIO()
+        config = _alembic_config(project, environment, None, output=output)
+        command.downgrade(config, f"{revision.revision}:{down}", sql=True)
+        found += dataloss.rows_at_risk(conn, revision.revision, output.getvalue())
+    return found
+
+
 def downgrade(
     project: MigrationProject,
     environment: str,
     *,
     schemas: list[str],
     to: str,
+    allow_data_loss: bool = False,
     run_id: str | None = None,
     on_step: StepCallback | None = None,
 ) -> RunResult:
     """Downgrade each schema to ``to``: a revision, ``-N`` or ``base``.
 
     Alembic downgrades dependents first: revisions of other schemas that depend on a
-    reverted revision are reverted too (each gets its own rollback audit row).
+    reverted revision are reverted too (each gets its own rollback audit row). A step that
+    would drop a non-empty table or column is refused, before anything runs, unless
+    ``allow_data_loss``.
     """
     if not schemas:
         raise ConfigurationError("downgrade needs --schema: which schema to take back")
     if to != "base" and len(schemas) > 1:
         raise ConfigurationError("downgrade to a revision or by -N takes exactly one --schema")
-    targets = [_downgrade_target(project, st, to) for st in status(project, environment, schemas)]
+    statuses = status(project, environment)
+    selected = _schemas(project, schemas)
+    targets = [_downgrade_target(project, st, to) for st in statuses if st.schema in selected]
+    if not allow_data_loss:
+        reverted = _reverted(project, statuses, selected, to)
+        with connect(project, environment) as (conn, _):
+            at_risk = data_at_risk(project, environment, conn, reverted)
+        if at_risk:
+            raise DataLossRefused(
+                "downgrade refused, it would destroy data: "
+                + "; ".join(str(r) for r in at_risk)
+                + " (--allow-data-loss to go ahead)"
+            )
 
     def steps(config: Config) -> None:
         for target in targets:
@@ -399,7 +458,36 @@ def _verify_schema(
                     revision=revision.revision,
                 )
             )
+    findings.extend(_drift(project, conn, st))
     findings.extend(_revision_hooks(project, conn, st))
+    return findings
+
+
+def _drift(project: MigrationProject, conn: sa.Connection, st: SchemaStatus) -> list[VerifyFinding]:
+    """The live catalog against the snapshot taken when the schema reached its revision."""
+    findings = [
+        VerifyFinding(
+            "invalid_index",
+            f"index {st.schema}.{name} is INVALID (a failed CREATE INDEX CONCURRENTLY?): "
+            "drop it and run the revision again",
+        )
+        for name in catalog.invalid_indexes(conn, st.schema)
+    ]
+    expected = catalog.load(conn, project.settings.audit_schema, st.schema, st.current)
+    if expected is None:
+        findings.append(
+            VerifyFinding(
+                "drift",
+                f"no catalog snapshot of {st.schema} at {st.current or 'base'}: drift not checked",
+                severity="warning",
+            )
+        )
+    else:
+        live = catalog.snapshot(conn, st.schema)
+        findings += [
+            VerifyFinding("drift", f"{st.schema}: {d}") for d in catalog.diff(expected, live)
+        ]
+    conn.rollback()
     return findings
 
 

@@ -7,3 +7,7 @@ class ConfigurationError(Exception):
 
 class MigrationError(Exception):
     """A migration or verify step ran and failed (CLI exit code 1)."""
+
+
+class DataLossRefused(ConfigurationError):
+    """A downgrade would drop rows and was not allowed to (exit code 2, nothing changed)."""

@@ -24,7 +24,7 @@ from alembic.runtime.environment import EnvironmentContext
 from alembic.runtime.migration import MigrationContext, MigrationInfo
 from sqlalchemy.engine import URL
 
-from orchestration import audit
+from orchestration import audit, catalog
 from orchestration.errors import MigrationError
 from orchestration.revisions import Revision
 from orchestration.settings import ProjectSettings, load_settings
@@ -244,6 +244,10 @@ def prepare_session(conn: sa.Connection, settings: ProjectSettings, environment:
         ),
         {"lock": env.lock_timeout, "statement": env.statement_timeout},
     )
+    if (conn.dialect.server_version_info or (0,)) >= (14,):
+        # A runner killed mid-statement: the server notices the lost client and rolls back
+        # (and releases locks) instead of finishing a pg_sleep or a long DDL for nobody.
+        conn.execute(sa.text("SELECT set_config('client_connection_check_interval', '1s', false)"))
     audit.ensure_table(conn, settings.audit_schema)
     db_user = conn.scalar(sa.text("SELECT current_user"))
     # Commit: Alembic must find the connection outside a transaction, or it would run
@@ -302,7 +306,27 @@ def _run_online(
                 context.run_migrations()
         except Exception as exc:
             recorder.record_failure(connection.engine, exc)
+            save_snapshots(connection, settings, recorder.rows)
             raise
+        save_snapshots(connection, settings, recorder.rows)
+
+
+def save_snapshots(
+    conn: sa.Connection, settings: ProjectSettings, rows: list[audit.AuditRow]
+) -> None:
+    """Record the catalog of each schema this run changed, at the revision it reached."""
+    reached: dict[str, str | None] = {}
+    for row in rows:
+        if row.success and row.schema_name and row.operation != audit.VERIFY:
+            reached[row.schema_name] = row.alembic_version
+    if not reached:
+        return
+    try:
+        for schema, revision in reached.items():
+            catalog.save(conn, settings.audit_schema, schema, revision)
+        conn.commit()
+    except sa.exc.SQLAlchemyError:
+        conn.rollback()  # drift detection loses a reference point; the migration stands
 
 
 def run_migrations_offline(context: EnvironmentContext) -> None:

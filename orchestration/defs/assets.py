@@ -22,7 +22,8 @@ def build_schema_asset(
     def _upgrade_schema(
         context: dg.AssetExecutionContext, migrations: MigrationResource
     ) -> dg.MaterializeResult:
-        result, plans = migrations.upgrade(context, env.name, [schema.schema])
+        with metadata.clear_errors():
+            result, plans = migrations.upgrade(context, env.name, [schema.schema])
         if not result.ok:
             raise metadata.failure(env.name, result)
         plan = next((p for p in plans if p.schema == schema.schema), None)
@@ -54,7 +55,8 @@ def build_verify_check(
     def _verify(
         context: dg.AssetCheckExecutionContext, migrations: MigrationResource
     ) -> dg.AssetCheckResult:
-        (result,) = migrations.verify(context, env.name, [schema.schema])
+        with metadata.clear_errors():
+            (result,) = migrations.verify(context, env.name, [schema.schema])
         return dg.AssetCheckResult(
             passed=result.ok,
             severity=dg.AssetCheckSeverity.ERROR,

@@ -46,9 +46,10 @@ def build_jobs(translator: SchemaAssetTranslator) -> list[dg.JobDefinition]:
     def upgrade(
         context: dg.OpExecutionContext, config: MigrateConfig, migrations: MigrationResource
     ) -> Iterator[Any]:
-        result, _ = migrations.upgrade(
-            context, config.environment, config.schemas or None, config.to
-        )
+        with metadata.clear_errors():
+            result, _ = migrations.upgrade(
+                context, config.environment, config.schemas or None, config.to
+            )
         yield from _materializations(translator, config.environment, result)
         if not result.ok:
             raise metadata.failure(config.environment, result)
@@ -65,7 +66,10 @@ def build_jobs(translator: SchemaAssetTranslator) -> list[dg.JobDefinition]:
     def downgrade(
         context: dg.OpExecutionContext, config: RollbackConfig, migrations: MigrationResource
     ) -> Iterator[Any]:
-        result = migrations.downgrade(context, config.environment, config.schema_name, config.to)
+        with metadata.clear_errors():  # a bad target, or data it would destroy
+            result = migrations.downgrade(
+                context, config.environment, config.schema_name, config.to, config.allow_data_loss
+            )
         yield from _materializations(translator, config.environment, result)
         if not result.ok:
             raise metadata.failure(config.environment, result)
@@ -83,9 +87,10 @@ def build_jobs(translator: SchemaAssetTranslator) -> list[dg.JobDefinition]:
     def verify(
         context: dg.OpExecutionContext, target: dict, migrations: MigrationResource
     ) -> Iterator[Any]:
-        results = migrations.verify(
-            context, target["environment"], target["schemas"] or None, target["expect_head"]
-        )
+        with metadata.clear_errors():
+            results = migrations.verify(
+                context, target["environment"], target["schemas"] or None, target["expect_head"]
+            )
         for result in results:
             # Typed for materializations only, but Dagster records check evaluations from
             # ops too (tests/test_dagster.py asserts the check execution exists).

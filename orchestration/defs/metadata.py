@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import dagster as dg
 
 from orchestration import audit, engine
+from orchestration.errors import ConfigurationError, MigrationError
 
 _STEP_COLUMNS = dg.TableSchema(
     columns=[
@@ -100,3 +104,12 @@ def failure(environment: str, result: engine.RunResult) -> dg.Failure:
             "steps": steps_table(result.steps),
         },
     )
+
+
+@contextmanager
+def clear_errors() -> Iterator[None]:
+    """Bad configuration or a refused step: one readable line in Dagster, not a traceback."""
+    try:
+        yield
+    except (ConfigurationError, MigrationError) as exc:
+        raise dg.Failure(description=str(exc)) from None

@@ -59,12 +59,14 @@ class MigrationResource(dg.ConfigurableResource):
         environment: str,
         schema: str,
         to: str,
+        allow_data_loss: bool = False,
     ) -> engine.RunResult:
         return engine.downgrade(
             self.project(),
             environment,
             schemas=[schema],
             to=to,
+            allow_data_loss=allow_data_loss,
             run_id=context.run.run_id,
             on_step=_step_logger(context),
         )

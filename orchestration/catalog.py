@@ -1,0 +1,143 @@
+"""What a schema looks like in the live catalog, saved at apply time to detect drift later.
+
+A snapshot is taken after every run for each schema the run changed, keyed by the schema's
+revision; verify compares the live catalog with the snapshot of the revision it is at.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+
+SNAPSHOT_TABLE = "alembic_schema_snapshot"
+BASE = "base"
+# Our own bookkeeping tables are not part of any schema's expected shape.
+_OWN_TABLES = ("alembic_version", "alembic_version_history", SNAPSHOT_TABLE)
+
+_RELATIONS = """
+SELECT c.relname, c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE n.nspname = :schema AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
+   AND NOT c.relname = ANY(:own)
+"""
+_COLUMNS = """
+SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull
+  FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+  JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE n.nspname = :schema AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
+   AND a.attnum > 0 AND NOT a.attisdropped AND NOT c.relname = ANY(:own)
+"""
+_INDEXES = """
+SELECT ic.relname, pg_get_indexdef(i.indexrelid)
+  FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+  JOIN pg_class tc ON tc.oid = i.indrelid JOIN pg_namespace n ON n.oid = ic.relnamespace
+ WHERE n.nspname = :schema AND NOT tc.relname = ANY(:own)
+"""
+_CONSTRAINTS = """
+SELECT c.relname || '.' || k.conname, pg_get_constraintdef(k.oid)
+  FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid
+  JOIN pg_namespace n ON n.oid = k.connamespace
+ WHERE n.nspname = :schema AND NOT c.relname = ANY(:own)
+"""
+_INVALID_INDEXES = """
+SELECT ic.relname FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+  JOIN pg_namespace n ON n.oid = ic.relnamespace
+ WHERE n.nspname = :schema AND NOT i.indisvalid ORDER BY 1
+"""
+_KINDS = {
+    "r": "table",
+    "p": "table",
+    "v": "view",
+    "m": "materialized view",
+    "S": "sequence",
+    "f": "foreign table",
+}
+
+
+def snapshot(conn: sa.Connection, schema: str) -> dict[str, dict[str, str]]:
+    """The schema's relations, columns, indexes and constraints, as sorted plain strings."""
+    params = {"schema": schema, "own": list(_OWN_TABLES)}
+
+    def rows(sql: str) -> list[sa.Row]:
+        return list(conn.execute(sa.text(sql), params))
+
+    return {
+        "relations": {name: _KINDS[kind] for name, kind in rows(_RELATIONS)},
+        "columns": {
+            f"{table}.{column}": f"{type_}{' not null' if notnull else ''}"
+            for table, column, type_, notnull in rows(_COLUMNS)
+        },
+        "indexes": dict(rows(_INDEXES)),
+        "constraints": dict(rows(_CONSTRAINTS)),
+    }
+
+
+def diff(expected: dict[str, dict[str, str]], live: dict[str, dict[str, str]]) -> list[str]:
+    """Human sentences for every difference between a snapshot and the live schema."""
+    found = []
+    for category in ("relations", "columns", "indexes", "constraints"):
+        want, have = expected.get(category, {}), live.get(category, {})
+        noun = category.rstrip("s") if category != "indexes" else "index"
+        for name in sorted(want.keys() - have.keys()):
+            found.append(f"{noun} {name} is missing (dropped outside migrations)")
+        for name in sorted(have.keys() - want.keys()):
+            found.append(f"{noun} {name} exists but no migration created it")
+        for name in sorted(want.keys() & have.keys()):
+            if want[name] != have[name]:
+                found.append(
+                    f"{noun} {name} changed: expected {want[name]!r}, found {have[name]!r}"
+                )
+    return found
+
+
+def invalid_indexes(conn: sa.Connection, schema: str) -> list[str]:
+    """Indexes left INVALID, e.g. by a failed CREATE INDEX CONCURRENTLY."""
+    return list(conn.scalars(sa.text(_INVALID_INDEXES), {"schema": schema}))
+
+
+@cache
+def snapshot_table(audit_schema: str) -> sa.Table:
+    return sa.Table(
+        SNAPSHOT_TABLE,
+        sa.MetaData(),
+        sa.Column("schema_name", sa.String(63), primary_key=True),
+        sa.Column("revision", sa.String(255), primary_key=True),
+        sa.Column("snapshot", JSONB, nullable=False),
+        sa.Column("taken_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
+        schema=audit_schema,
+    )
+
+
+def save(conn: sa.Connection, audit_schema: str, schema: str, revision: str | None) -> None:
+    from sqlalchemy.dialects.postgresql import insert
+
+    table = snapshot_table(audit_schema)
+    table.create(conn, checkfirst=True)
+    values = {
+        "schema_name": schema,
+        "revision": revision or BASE,
+        "snapshot": snapshot(conn, schema),
+    }
+    statement = insert(table).values(values)
+    conn.execute(
+        statement.on_conflict_do_update(
+            index_elements=[table.c.schema_name, table.c.revision],
+            set_={"snapshot": statement.excluded.snapshot, "taken_at": sa.func.now()},
+        )
+    )
+
+
+def load(
+    conn: sa.Connection, audit_schema: str, schema: str, revision: str | None
+) -> dict[str, dict[str, str]] | None:
+    if not sa.inspect(conn).has_table(SNAPSHOT_TABLE, schema=audit_schema):
+        return None
+    table = snapshot_table(audit_schema)
+    value = conn.scalar(
+        sa.select(table.c.snapshot).where(
+            table.c.schema_name == schema, table.c.revision == (revision or BASE)
+        )
+    )
+    return json.loads(value) if isinstance(value, str) else value
