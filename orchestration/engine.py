@@ -21,7 +21,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy.engine import URL
 
 from orchestration import audit, catalog, dataloss
-from orchestration.errors import ConfigurationError, DataLossRefused
+from orchestration.errors import ConfigurationError, DataLossRefused, MigrationError
 from orchestration.revisions import MigrationProject, Revision, file_checksum
 from orchestration.runtime import create_engine, error_text
 from orchestration.targets import database_url
@@ -240,7 +240,13 @@ def plan(
         start = st.current or (first.depends_on[-1] if first.depends_on else "base")
         output = io.StringIO()
         config = _alembic_config(project, environment, None, output=output)
-        command.upgrade(config, f"{start}:{st.schema}@head", sql=True)
+        try:
+            command.upgrade(config, f"{start}:{st.schema}@head", sql=True)
+        except Exception as exc:  # a revision that cannot run offline (reads data, raises)
+            url = database_url(project.settings, environment)
+            raise MigrationError(
+                f"cannot render the SQL of {st.schema} offline: {error_text(exc, url)}"
+            ) from None
         result.append(PlannedSchema(st.schema, st.pending, output.getvalue()))
     return result
 

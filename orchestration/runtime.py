@@ -73,29 +73,29 @@ def error_text(exc: BaseException, url: URL | None = None) -> str:
 
 @contextmanager
 def advisory_lock(engine: sa.Engine, wait_seconds: float) -> Iterator[None]:
-    """Hold the migration lock on a connection of its own (autocommit_block needs that)."""
-    with engine.connect() as lock_conn:
-        lock_conn.execute(
-            sa.text("SELECT set_config('lock_timeout', :t, false)"),
-            {"t": f"{max(1, int(wait_seconds * 1000))}ms"},
-        )
-        try:
-            lock_conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": LOCK_KEY})
-        except sa.exc.OperationalError as exc:
-            if getattr(exc.orig, "pgcode", None) != "55P03":  # lock_not_available
-                raise
-            lock_conn.rollback()
-            raise MigrationError(
-                f"another migration holds the lock on this database ({lock_holder(lock_conn)}); "
-                f"gave up after {wait_seconds:g}s"
-            ) from None
-        lock_conn.commit()
+    """Hold the migration lock on a connection of its own (autocommit_block needs that).
+
+    Waiters poll pg_try_advisory_lock in autocommit instead of blocking in
+    pg_advisory_lock: a blocked statement holds a snapshot, and CREATE INDEX CONCURRENTLY
+    in the holder's migration waits for every older snapshot in the database, so blocked
+    waiters and the holder would wait on each other until lock_timeout.
+    """
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as lock_conn:
+        deadline = time.monotonic() + wait_seconds
+        pause = 0.05
+        while not lock_conn.scalar(sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": LOCK_KEY}):
+            if time.monotonic() >= deadline:
+                raise MigrationError(
+                    f"another migration holds the lock on this database "
+                    f"({lock_holder(lock_conn)}); gave up after {wait_seconds:g}s"
+                )
+            time.sleep(pause)
+            pause = min(pause * 2, 1.0)
         try:
             yield
         finally:
             # Closing the connection releases the lock as well, also when the process dies.
             lock_conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": LOCK_KEY})
-            lock_conn.commit()
 
 
 def lock_holder(conn: sa.Connection) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import quote, quote_plus
+
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -34,5 +36,8 @@ def redact(text: str, *urls: URL | None) -> str:
     """Remove every password of ``urls`` from ``text`` (error messages quote DSNs)."""
     for url in urls:
         if url is not None and url.password:
-            text = text.replace(str(url.password), "***")
+            password = str(url.password)
+            # as typed, and as it appears inside a rendered URL
+            for form in {password, quote_plus(password), quote(password, safe="")}:
+                text = text.replace(form, "***")
     return text

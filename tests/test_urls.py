@@ -45,3 +45,6 @@ def test_passwords_are_masked_and_redacted():
     assert url.password == "p@ss%word"
     assert "p@ss%word" not in display_url(url)
     assert redact("FATAL: password p@ss%word rejected", url) == "FATAL: password *** rejected"
+    rendered = url.render_as_string(hide_password=False)
+    assert "p%40ss%25word" in rendered
+    assert redact(f"cannot use {rendered}", url) == "cannot use postgresql+psycopg2://u:***@db/app"

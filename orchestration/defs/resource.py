@@ -10,6 +10,7 @@ import dagster as dg
 from pydantic import Field
 
 from orchestration import audit, engine
+from orchestration.errors import MigrationError
 from orchestration.revisions import MigrationProject
 from orchestration.settings import ProjectSettings, load_settings
 
@@ -42,7 +43,12 @@ class MigrationResource(dg.ConfigurableResource):
     ) -> tuple[engine.RunResult, list[engine.PlannedSchema]]:
         """Upgrade, logging each step as it ends. Also returns the SQL it planned."""
         project = self.project()
-        plans = engine.plan(project, environment, schemas) if to in (None, "head") else []
+        plans: list[engine.PlannedSchema] = []
+        if to in (None, "head"):
+            try:
+                plans = engine.plan(project, environment, schemas)
+            except MigrationError as exc:  # the SQL is for people to read: not a reason to stop
+                context.log.warning(str(exc))
         result = engine.upgrade(
             project,
             environment,
