@@ -7,10 +7,15 @@ forces the embedded one, to prove the suite passes on a machine with no server.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 import uuid
 import warnings
 from collections.abc import Iterator
@@ -21,8 +26,9 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
+from orchestration import launcher
 from orchestration.revisions import MigrationProject
-from orchestration.settings import load_settings
+from orchestration.settings import ProjectSettings, load_settings
 from orchestration.urls import normalize_url
 
 REPO = Path(__file__).resolve().parent.parent
@@ -233,3 +239,64 @@ def downgrade():
 
 ECOMMERCE_HEAD = "20909ec7166e"
 ANALYTICS_HEAD = "d03afaf92731"
+
+
+# --- Dagster's processes ------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _start(args: list[str], env: dict[str, str], cwd: Path, log: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [str(Path(sys.executable).parent / args[0]), *args[1:]],
+        env=env,
+        cwd=cwd,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def running_dagster(settings: ProjectSettings, logs: Path) -> Iterator[int]:
+    """dagster-webserver and dagster-daemon for the project, set up as `migrate ui` does
+    (launcher: URLs, PostgreSQL storage, DAGSTER_HOME). Yields the webserver's port."""
+    env = {**os.environ, **launcher.dagster_environment(settings)}
+    env["DAGSTER_HOME"] = str(launcher.prepare_dagster_home(settings, logs / "home"))
+    home = Path(env["DAGSTER_HOME"])
+    port = _free_port()
+    workspace_yaml = str(settings.root / "workspace.yaml")
+    web = _start(
+        ["dagster-webserver", "-w", workspace_yaml, "-h", "127.0.0.1", "-p", str(port)],
+        env,
+        home,
+        logs / "webserver.log",
+    )
+    daemon = _start(["dagster-daemon", "run", "-w", workspace_yaml], env, home, logs / "daemon.log")
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2)
+                break
+            except OSError:
+                if time.monotonic() > deadline or web.poll() is not None:
+                    pytest.fail((logs / "webserver.log").read_text()[-3000:])
+                time.sleep(0.5)
+        yield port
+    finally:
+        _stop(web)
+        _stop(daemon)

@@ -193,3 +193,16 @@ def test_plain_alembic_offline_sql_needs_no_database(workspace: Workspace):
     )
     assert done.returncode == 0, done.stderr
     assert "CREATE TABLE ecommerce.sellers" in done.stdout
+
+
+def test_audit_plot_draws_the_history_as_a_png(workspace: Workspace, capsys, tmp_path):
+    run(capsys, "upgrade")
+    run(capsys, "verify")
+    picture = tmp_path / "timeline.png"
+
+    code, out, err = run(capsys, "audit", "--plot", str(picture))
+
+    assert code == 0 and "wrote" in err and "(9 audit rows)" in err
+    data = picture.read_bytes()
+    assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 10_000
+    assert "alembic_version_history in dev" in out  # the table is still printed

@@ -47,8 +47,9 @@ def build_verify_check(
         blocking=True,
         description=(
             f"{schema.schema} in {env.name} is at its head, every applied revision file is "
-            "unchanged since it was applied, and revision verify() hooks pass. Blocking: a "
-            "failure stops the environments after this one in the same run."
+            "unchanged since it was applied, the live catalog matches the snapshot taken when "
+            "it was migrated (no drift, no INVALID index), and revision verify() hooks pass. "
+            "Blocking: a failure stops the environments after this one in the same run."
         ),
         pool=translator.get_pool(env.name),
     )

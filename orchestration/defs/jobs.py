@@ -30,14 +30,22 @@ class RollbackConfig(dg.Config):
 
 
 def _materializations(
-    translator: SchemaAssetTranslator, environment: str, result: engine.RunResult
+    translator: SchemaAssetTranslator,
+    environment: str,
+    result: engine.RunResult,
+    plans: list[engine.PlannedSchema] | None = None,
+    statuses: list[engine.SchemaStatus] | None = None,
 ) -> Iterator[dg.AssetMaterialization]:
     """Steps done by a job still show on the schema assets they changed."""
+    planned = {p.schema: p for p in plans or []}
+    where = {s.schema: s for s in statuses or []}
     for schema in dict.fromkeys(r.schema_name for r in result.steps if r.success):
         assert schema is not None
         yield dg.AssetMaterialization(
             asset_key=translator.get_asset_key(environment, schema),
-            metadata=metadata.run_metadata(environment, schema, result.steps, None, None),
+            metadata=metadata.run_metadata(
+                environment, schema, result.steps, planned.get(schema), where.get(schema)
+            ),
         )
 
 
@@ -47,10 +55,11 @@ def build_jobs(translator: SchemaAssetTranslator) -> list[dg.JobDefinition]:
         context: dg.OpExecutionContext, config: MigrateConfig, migrations: MigrationResource
     ) -> Iterator[Any]:
         with metadata.clear_errors():
-            result, _ = migrations.upgrade(
+            result, plans = migrations.upgrade(
                 context, config.environment, config.schemas or None, config.to
             )
-        yield from _materializations(translator, config.environment, result)
+        statuses = engine.status(migrations.project(), config.environment) if result.ok else []
+        yield from _materializations(translator, config.environment, result, plans, statuses)
         if not result.ok:
             raise metadata.failure(config.environment, result)
         yield dg.Output(
@@ -70,7 +79,8 @@ def build_jobs(translator: SchemaAssetTranslator) -> list[dg.JobDefinition]:
             result = migrations.downgrade(
                 context, config.environment, config.schema_name, config.to, config.allow_data_loss
             )
-        yield from _materializations(translator, config.environment, result)
+        statuses = engine.status(migrations.project(), config.environment) if result.ok else []
+        yield from _materializations(translator, config.environment, result, None, statuses)
         if not result.ok:
             raise metadata.failure(config.environment, result)
         touched = sorted({r.schema_name for r in result.steps if r.schema_name})
@@ -110,7 +120,11 @@ def build_jobs(translator: SchemaAssetTranslator) -> list[dg.JobDefinition]:
                 description=f"verify failed for {first.environment}/{first.schema}: "
                 + "; ".join(f.message for f in first.findings if f.severity == "error"),
             )
-        yield dg.Output(len(results))
+        environment = target["environment"]
+        yield dg.Output(
+            len(results),
+            metadata=metadata.audit_history_metadata(environment, migrations.history(environment)),
+        )
 
     @dg.job(description="Upgrade an environment (default dev, all schemas, to head), then verify.")
     def migrate() -> None:

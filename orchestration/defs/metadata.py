@@ -113,3 +113,31 @@ def clear_errors() -> Iterator[None]:
         yield
     except (ConfigurationError, MigrationError) as exc:
         raise dg.Failure(description=str(exc)) from None
+
+
+def audit_history_metadata(
+    environment: str, rows: list[audit.AuditRow]
+) -> dict[str, dg.MetadataValue]:
+    """The environment's recent audit history: a timeline picture and the rows as a table."""
+    import base64
+
+    from orchestration.plot import audit_timeline
+
+    png = audit_timeline(rows, f"alembic_version_history in {environment}")
+    lines = [
+        "| id | changed_at | schema | operation | from | to | ok | ms | run |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r.id} | {r.changed_at:%Y-%m-%d %H:%M:%S} | {r.schema_name} | {r.operation} | "
+            f"{r.prev_alembic_version or 'base'} | {r.alembic_version or 'base'} | "
+            f"{'yes' if r.success else '**no**'} | {r.duration_ms or 0:.0f} | "
+            f"{(r.run_id or '')[:8]} |"
+        )
+    return {
+        "audit_timeline": dg.MetadataValue.md(
+            f"![audit timeline](data:image/png;base64,{base64.b64encode(png).decode()})"
+        ),
+        "audit_history": dg.MetadataValue.md("\n".join(lines)),
+    }

@@ -77,6 +77,9 @@ class MigrationResource(dg.ConfigurableResource):
             on_step=_step_logger(context),
         )
 
+    def history(self, environment: str, limit: int = 50) -> list[audit.AuditRow]:
+        return engine.history(self.project(), environment, limit=limit)
+
     def verify(
         self,
         context: dg.OpExecutionContext | dg.AssetCheckExecutionContext,
