@@ -330,7 +330,8 @@ def sensor_ticks(work: Path, files: int, times: int) -> tuple[Sample, Sample, bo
         new = Sample([], [])
         for n in range(times):
             path = versions / f"9999_new{n}.py"
-            path.write_text(f'"""new"""\nrevision = "ffff{n:08x}"\ndown_revision = None\n')
+            path.write_text(f'"""new"""\nrevision = "ffff{n:08x}"\ndown_revision = None\n\n'
+                            "def upgrade():\n    pass\n")
             seconds, result, _ = tick(baseline)
             assert len(result.run_requests) == 1  # type: ignore[union-attr]
             new.seconds.append(seconds)

@@ -34,6 +34,7 @@ class AuditRow:
     duration_ms: float | None = None
     error: str | None = None
     message: str | None = None  # the revision's message; shown, not stored
+    sql: list[str] | None = None  # the statements the step ran; shown, not stored
     id: int | None = None
     changed_at: datetime | None = None
 
@@ -81,14 +82,21 @@ def ensure_table(conn: sa.Connection, schema: str) -> None:
     audit_table(schema).create(conn, checkfirst=True)
 
 
+@cache
+def _insert_sql(schema: str) -> str:
+    # Plain driver SQL, built once: a Core insert per step cost ~0.6 ms of compiling.
+    columns = ", ".join(_STORED)
+    values = ", ".join(f"%({name})s" for name in _STORED)
+    return (
+        f'INSERT INTO "{schema}".{TABLE_NAME} ({columns}) VALUES ({values}) '
+        "RETURNING id, changed_at"
+    )
+
+
 def insert_row(conn: sa.Connection, schema: str, row: AuditRow) -> AuditRow:
     """Insert ``row`` on ``conn`` (inside the caller's transaction); fill in id and time."""
-    table = audit_table(schema)
     values = {name: getattr(row, name) for name in _STORED}
-    inserted = conn.execute(
-        table.insert().values(values).returning(table.c.id, table.c.changed_at)
-    ).one()
-    row.id, row.changed_at = inserted.id, inserted.changed_at
+    row.id, row.changed_at = conn.exec_driver_sql(_insert_sql(schema), values).one()
     return row
 
 

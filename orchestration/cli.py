@@ -169,9 +169,9 @@ def cmd_verify(project: MigrationProject, args: argparse.Namespace) -> int:
 def cmd_audit(project: MigrationProject, args: argparse.Namespace) -> int:
     rows = engine.history(project, args.env, schemas=args.schema, limit=args.limit)
     if args.plot:
-        from orchestration.plot import audit_timeline  # matplotlib only when asked for
+        from orchestration.plot import audit_timeline
 
-        Path(args.plot).write_bytes(audit_timeline(rows, f"alembic_version_history in {args.env}"))
+        Path(args.plot).write_text(audit_timeline(rows, f"alembic_version_history in {args.env}"))
         print(f"wrote {args.plot} ({len(rows)} audit rows)", file=sys.stderr)
     if args.json:
         _print_json({"environment": args.env, "rows": [r.to_dict() for r in rows]})
@@ -311,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit_parser = add("audit", cmd_audit, "show the newest rows of alembic_version_history")
     audit_parser.add_argument("--limit", type=int, default=20, help="rows to show (default 20)")
     audit_parser.add_argument(
-        "--plot", metavar="FILE", help="also draw the rows as a timeline picture (PNG) in FILE"
+        "--plot", metavar="FILE", help="also draw the rows as a timeline picture (SVG) in FILE"
     )
     ui = sub.add_parser(
         "ui",

@@ -503,9 +503,9 @@ def _revision_hooks(
     """Run each applied revision's optional ``verify(connection)`` function."""
     findings = []
     for revision in project.revisions(st.schema):
-        if revision in st.pending:
-            continue
-        hook = getattr(project.script.get_revision(revision.revision).module, "verify", None)
+        if revision in st.pending or not revision.defines_verify:
+            continue  # only files that define verify() are imported
+        hook = getattr(project.module(revision), "verify", None)
         if hook is None:
             continue
         try:

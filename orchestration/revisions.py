@@ -8,10 +8,12 @@ import re
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from types import ModuleType
 
-from alembic.script import Script, ScriptDirectory
-from alembic.util import CommandError
+from alembic.script import Script
+from alembic.util.pyfiles import load_python_file
 
+from orchestration import scan
 from orchestration.errors import ConfigurationError
 from orchestration.settings import ProjectSettings, check_identifier
 
@@ -44,6 +46,7 @@ class Revision:
     down_revisions: tuple[str, ...]
     depends_on: tuple[str, ...]
     create_date: str | None
+    defines_verify: bool = False
 
     @classmethod
     def from_script(cls, script: Script) -> Revision:
@@ -61,28 +64,115 @@ class Revision:
 
 
 class MigrationProject:
-    """The revisions of one Alembic project, loaded and checked once."""
+    """The revisions of one Alembic project, read and checked once, never imported.
+
+    Alembic imports every revision module when it runs; reading them as text here keeps
+    that to once per command, and lets a broken file fail with a clear message first.
+    """
 
     def __init__(self, settings: ProjectSettings):
         self.settings = settings
-        self.script = load_script_directory(settings)
-        self._by_schema: dict[str, list[Revision]] = {}
+        dirs = scan.version_dirs(settings.alembic_ini)
+        _check_folders_listed(settings, dirs)
+        self._by_schema: dict[str, list[Revision]] = {
+            check_identifier("schema", folder.name): [] for folder in dirs
+        }
+        files = self._read(dirs)
         self._by_id: dict[str, Revision] = {}
-        for location in self.script.version_locations:
-            schema = check_identifier("schema", Path(location).name)
-            self._by_schema[schema] = []
-        for script in self.script.walk_revisions("base", "heads"):
-            revision = Revision.from_script(script)
-            # depends_on may name a branch label or a partial id: keep full ids only.
-            resolved = tuple(self.script.get_revision(d).revision for d in revision.depends_on)
-            revision = dataclasses.replace(revision, depends_on=resolved)
-            if revision.schema not in self._by_schema:
-                raise ConfigurationError(f"{revision.path}: not in a schema folder of versions/")
-            self._by_schema[revision.schema].append(revision)
-            self._by_id[revision.revision] = revision
-        for schema, revisions in self._by_schema.items():
-            revisions.reverse()  # walk_revisions goes head -> base
+        labels = {label: f.schema for f in files for label in f.branch_labels}
+        for f in files:
+            assert f.revision is not None
+            if f.revision in self._by_id:
+                other = self._by_id[f.revision].path.name
+                raise ConfigurationError(
+                    f"revision {f.revision} is defined twice: {Path(f.path).name} and {other}"
+                )
+            self._by_id[f.revision] = Revision(
+                revision=f.revision,
+                schema=f.schema,
+                message=f.message or "",
+                path=Path(f.path),
+                down_revisions=f.down_revisions,
+                depends_on=f.depends_on,
+                create_date=f.create_date,
+                defines_verify=f.defines_verify,
+            )
+        for revision in list(self._by_id.values()):
+            self._check_links(revision, labels)
+        self._check_acyclic()
+        for schema in self._by_schema:
+            revisions = self._in_order([r for r in self._by_id.values() if r.schema == schema])
             self._check_single_head(schema, revisions)
+            self._by_schema[schema] = revisions
+
+    @staticmethod
+    def _read(dirs: list[Path]) -> list[scan.RevisionFile]:
+        files = []
+        for schema, path, _ in scan.list_files(dirs):
+            revision_file = scan.read_revision_file(schema, path)
+            if revision_file.error:
+                raise ConfigurationError(f"revision file {path}: {revision_file.error}")
+            files.append(revision_file)
+        return files
+
+    def _check_links(self, revision: Revision, labels: dict[str, str]) -> None:
+        for down in revision.down_revisions:
+            if down not in self._by_id:
+                raise ConfigurationError(
+                    f"{revision.path.name}: down_revision {down} is not a revision of this "
+                    "project (a missing or renamed file?)"
+                )
+        resolved = []
+        for dep in revision.depends_on:
+            if dep in labels:  # a branch label: that schema's head
+                resolved.append(dep)
+                continue
+            matches = [rid for rid in self._by_id if rid.startswith(dep)]
+            if len(matches) != 1:
+                raise ConfigurationError(
+                    f"{revision.path.name}: depends_on {dep} names "
+                    f"{'no' if not matches else 'more than one'} revision"
+                )
+            resolved.append(matches[0])
+        self._by_id[revision.revision] = dataclasses.replace(revision, depends_on=tuple(resolved))
+
+    def _check_acyclic(self) -> None:
+        state: dict[str, int] = {}  # 1 visiting, 2 done
+
+        def visit(rid: str, trail: tuple[str, ...]) -> None:
+            if state.get(rid) == 2:
+                return
+            if state.get(rid) == 1:
+                cycle = " -> ".join((*trail[trail.index(rid) :], rid))
+                raise ConfigurationError(f"revisions form a cycle: {cycle}")
+            state[rid] = 1
+            for parent in self._parents(rid):
+                visit(parent, (*trail, rid))
+            state[rid] = 2
+
+        for rid in self._by_id:
+            visit(rid, ())
+
+    def _parents(self, rid: str) -> tuple[str, ...]:
+        r = self._by_id[rid]
+        deps = tuple(d for d in r.depends_on if d in self._by_id)
+        return r.down_revisions + deps
+
+    def _in_order(self, revisions: list[Revision]) -> list[Revision]:
+        """Base first: every revision after its down_revisions (file order breaks ties)."""
+        mine = {r.revision for r in revisions}
+        done: list[Revision] = []
+        placed: set[str] = set()
+        pending = sorted(revisions, key=lambda r: r.path.name)
+        while pending:
+            ready = [
+                r for r in pending if all(d in placed or d not in mine for d in r.down_revisions)
+            ]
+            for r in ready:
+                done.append(r)
+                placed.add(r.revision)
+            pending = [r for r in pending if r.revision not in placed]
+        return done
 
     def _check_single_head(self, schema: str, revisions: list[Revision]) -> None:
         parents = {down for r in revisions for down in r.down_revisions}
@@ -123,13 +213,16 @@ class MigrationProject:
         """schema -> the other schemas its revisions depend on (depends_on)."""
         return {
             schema: {
-                self._by_id[dep].schema
+                self._dependency_schema(dep)
                 for r in revisions
                 for dep in r.depends_on
-                if dep in self._by_id and self._by_id[dep].schema != schema
+                if self._dependency_schema(dep) != schema
             }
             for schema, revisions in self._by_schema.items()
         }
+
+    def _dependency_schema(self, dep: str) -> str:
+        return self._by_id[dep].schema if dep in self._by_id else dep  # id, or branch label
 
     def check_schema(self, schema: str) -> str:
         if schema not in self._by_schema:
@@ -157,8 +250,7 @@ class MigrationProject:
             rev = todo.pop()
             if rev not in applied:
                 applied.add(rev)
-                r = self._by_id[rev]
-                todo.extend(r.down_revisions + r.depends_on)
+                todo.extend(self._parents(rev))
         return applied
 
     def current(self, schema: str, applied: set[str]) -> str | None:
@@ -170,37 +262,23 @@ class MigrationProject:
         return self._by_id.get(revision_id)
 
     def resolve(self, revision_ref: str) -> Revision:
-        """A full or partial revision id (as Alembic accepts it), or a clear error."""
-        try:
-            script = self.script.get_revision(revision_ref)
-        except CommandError as exc:
-            raise ConfigurationError(f"unknown revision {revision_ref!r}: {exc}") from None
-        if script is None:
-            raise ConfigurationError(f"unknown revision {revision_ref!r}")
-        return self._by_id[script.revision]
+        """A full or unique partial revision id, as Alembic accepts it, or a clear error."""
+        if revision_ref in self._by_id:
+            return self._by_id[revision_ref]
+        matches = [rid for rid in self._by_id if rid.startswith(revision_ref)]
+        if len(matches) == 1:
+            return self._by_id[matches[0]]
+        why = "matches several revisions" if matches else "no revision has that id"
+        raise ConfigurationError(f"unknown revision {revision_ref!r}: {why}")
+
+    def module(self, revision: Revision) -> ModuleType:
+        """Import one revision module (for its verify hook), as Alembic would."""
+        return load_python_file(str(revision.path.parent), revision.path.name)
 
 
-def load_script_directory(settings: ProjectSettings) -> ScriptDirectory:
-    """ScriptDirectory with every revision imported now, so a broken file fails here, clearly."""
-    config = settings.alembic_config()
-    try:
-        script = ScriptDirectory.from_config(config)
-        script.revision_map.heads  # noqa: B018 - loads every revision module
-    except SyntaxError as exc:
-        raise ConfigurationError(
-            f"revision file {exc.filename} line {exc.lineno}: {exc.msg}"
-        ) from None
-    except CommandError as exc:
-        raise ConfigurationError(f"revisions: {exc}") from None
-    except Exception as exc:  # an import error or exception at module level in a revision
-        raise ConfigurationError(f"revisions: {type(exc).__name__}: {exc}") from None
-    _check_folders_listed(settings, script)
-    return script
-
-
-def _check_folders_listed(settings: ProjectSettings, script: ScriptDirectory) -> None:
+def _check_folders_listed(settings: ProjectSettings, dirs: list[Path]) -> None:
     versions = settings.root / "migrations" / "versions"
-    listed = {Path(p).resolve() for p in script.version_locations}
+    listed = {Path(p).resolve() for p in dirs}
     for folder in sorted(versions.iterdir()) if versions.is_dir() else []:
         if folder.is_dir() and not folder.name.startswith((".", "_")) and folder not in listed:
             raise ConfigurationError(

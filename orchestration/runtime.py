@@ -144,6 +144,7 @@ class StepRecorder:
         self.rows = rows
         self.current: Any = None  # the RevisionStep running now
         self.started = time.perf_counter()
+        self.statements: list[str] = []  # what the current step ran
         self._checksums: dict[str, str] = {}
 
     def track(self, migrations_fn: Callable[..., Any]) -> Callable[..., Iterator[Any]]:
@@ -152,10 +153,16 @@ class StepRecorder:
         def tracked(heads: Any, ctx: MigrationContext) -> Iterator[Any]:
             for step in migrations_fn(heads, ctx):
                 self.current, self.started = step, time.perf_counter()
+                self.statements = []
                 yield step
             self.current = None
 
         return tracked
+
+    def capture(self, conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        """SQLAlchemy's before_cursor_execute: keep the SQL of the step that runs."""
+        if self.current is not None and "alembic_version" not in statement:
+            self.statements.append(statement.strip())
 
     def on_version_apply(
         self,
@@ -220,6 +227,7 @@ class StepRecorder:
             duration_ms=round((time.perf_counter() - self.started) * 1000, 3),
             error=error,
             message=revision.message,
+            sql=list(self.statements),
         )
 
 
@@ -301,6 +309,7 @@ def _run_online(
         # runs is what lets a failed one be audited too.
         assert migration_context._migrations_fn is not None
         migration_context._migrations_fn = recorder.track(migration_context._migrations_fn)
+        sa.event.listen(connection, "before_cursor_execute", recorder.capture)
         try:
             with context.begin_transaction():
                 context.run_migrations()
@@ -308,6 +317,8 @@ def _run_online(
             recorder.record_failure(connection.engine, exc)
             save_snapshots(connection, settings, recorder.rows)
             raise
+        finally:
+            sa.event.remove(connection, "before_cursor_execute", recorder.capture)
         save_snapshots(connection, settings, recorder.rows)
 
 

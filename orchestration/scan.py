@@ -6,10 +6,13 @@ from __future__ import annotations
 import ast
 import hashlib
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from alembic.config import Config
+
+_CREATE_DATE = re.compile(r"^Create Date:\s*(.+?)\s*$", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -19,7 +22,11 @@ class RevisionFile:
     checksum: str
     revision: str | None = None
     message: str | None = None
+    down_revisions: tuple[str, ...] = ()
     depends_on: tuple[str, ...] = ()
+    branch_labels: tuple[str, ...] = ()
+    create_date: str | None = None
+    defines_verify: bool = False  # a revision-level verify(connection) hook
     error: str | None = None
 
 
@@ -58,6 +65,7 @@ def read_revision_file(schema: str, path: str, data: bytes | None = None) -> Rev
     except SyntaxError as exc:
         return RevisionFile(path, schema, checksum, error=f"line {exc.lineno}: {exc.msg}")
     values: dict[str, object] = {}
+    functions = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
     for node in tree.body:
         target, value = None, None
         if isinstance(node, ast.Assign) and len(node.targets) == 1:
@@ -69,17 +77,31 @@ def read_revision_file(schema: str, path: str, data: bytes | None = None) -> Rev
     revision = values.get("revision")
     if not isinstance(revision, str):
         return RevisionFile(path, schema, checksum, error='no `revision = "..."` assignment')
-    depends = values.get("depends_on")
-    depends_on = (depends,) if isinstance(depends, str) else tuple(depends or ())  # type: ignore[arg-type]
+    if "upgrade" not in functions:
+        return RevisionFile(path, schema, checksum, error="no upgrade() function")
     doc = ast.get_docstring(tree) or ""
+    found = _CREATE_DATE.search(doc)
     return RevisionFile(
         path,
         schema,
         checksum,
         revision=revision,
         message=doc.strip().splitlines()[0] if doc.strip() else None,
-        depends_on=tuple(str(d) for d in depends_on),
+        down_revisions=_strings(values.get("down_revision")),
+        depends_on=_strings(values.get("depends_on")),
+        branch_labels=_strings(values.get("branch_labels")),
+        create_date=found.group(1) if found else None,
+        defines_verify="verify" in functions,
     )
+
+
+def _strings(value: object) -> tuple[str, ...]:
+    """A revision attribute (None, a string, or a sequence of strings) as a tuple."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    return tuple(str(v) for v in value) if isinstance(value, list | tuple) else ()
 
 
 def scan(alembic_ini: Path) -> list[RevisionFile]:

@@ -195,14 +195,22 @@ def test_plain_alembic_offline_sql_needs_no_database(workspace: Workspace):
     assert "CREATE TABLE ecommerce.sellers" in done.stdout
 
 
-def test_audit_plot_draws_the_history_as_a_png(workspace: Workspace, capsys, tmp_path):
+def test_audit_plot_draws_the_history_as_a_timeline(workspace: Workspace, capsys, tmp_path):
+    import xml.etree.ElementTree as ET
+
     run(capsys, "upgrade")
-    run(capsys, "verify")
-    picture = tmp_path / "timeline.png"
+    run(capsys, "downgrade", "--schema", "analytics", "--to", "-1")
+    run(capsys, "verify")  # analytics is behind: a failed verify
+    picture = tmp_path / "timeline.svg"
 
-    code, out, err = run(capsys, "audit", "--plot", str(picture))
+    code, out, err = run(capsys, "audit", "--plot", str(picture), "--limit", "50")
 
-    assert code == 0 and "wrote" in err and "(9 audit rows)" in err
-    data = picture.read_bytes()
-    assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 10_000
+    assert code == 0 and "wrote" in err and "(10 audit rows)" in err
+    svg = ET.parse(picture).getroot()
+    marks = [g.get("class") for g in svg.iter("{http://www.w3.org/2000/svg}g")]
+    assert len(marks) == 10  # one mark per audit row
+    assert marks.count("mark migration") == 7 and marks.count("mark rollback") == 1
+    assert marks.count("mark verify") == 1 and marks.count("mark failed") == 1
+    lanes = {t.text for t in svg.iter("{http://www.w3.org/2000/svg}text")}
+    assert {"ecommerce", "analytics"} <= lanes
     assert "alembic_version_history in dev" in out  # the table is still printed

@@ -255,3 +255,12 @@ def test_environments_are_separate_databases(workspace: Workspace):
     assert workspace.version_heads("staging") == {ECOMMERCE_HEAD}
     assert workspace.version_heads("dev") == set()
     assert {r.environment for r in workspace.audit("staging")} == {"staging"}
+
+
+def test_each_step_carries_the_sql_it_ran(workspace: Workspace):
+    result = engine.upgrade(workspace.project(), "dev", schemas=["ecommerce"])
+    by_rev = {row.alembic_version: row for row in result.steps}
+    assert any("CREATE TABLE ecommerce.customers" in s for s in by_rev["07e0f754c9d8"].sql)
+    assert any("CREATE INDEX CONCURRENTLY" in s for s in by_rev[ECOMMERCE_HEAD].sql)
+    everything = " ".join(s for row in result.steps for s in row.sql)
+    assert "alembic_version" not in everything  # bookkeeping is not the revision's SQL

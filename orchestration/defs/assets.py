@@ -23,14 +23,13 @@ def build_schema_asset(
         context: dg.AssetExecutionContext, migrations: MigrationResource
     ) -> dg.MaterializeResult:
         with metadata.clear_errors():
-            result, plans = migrations.upgrade(context, env.name, [schema.schema])
+            result = migrations.upgrade(context, env.name, [schema.schema])
         if not result.ok:
             raise metadata.failure(env.name, result)
-        plan = next((p for p in plans if p.schema == schema.schema), None)
         status = engine.status(migrations.project(), env.name, [schema.schema])[0]
         return dg.MaterializeResult(
             asset_key=spec.key,
-            metadata=metadata.run_metadata(env.name, schema.schema, result.steps, plan, status),
+            metadata=metadata.run_metadata(env.name, schema.schema, result.steps, status),
         )
 
     return _upgrade_schema

@@ -33,19 +33,15 @@ def _materializations(
     translator: SchemaAssetTranslator,
     environment: str,
     result: engine.RunResult,
-    plans: list[engine.PlannedSchema] | None = None,
     statuses: list[engine.SchemaStatus] | None = None,
 ) -> Iterator[dg.AssetMaterialization]:
     """Steps done by a job still show on the schema assets they changed."""
-    planned = {p.schema: p for p in plans or []}
     where = {s.schema: s for s in statuses or []}
     for schema in dict.fromkeys(r.schema_name for r in result.steps if r.success):
         assert schema is not None
         yield dg.AssetMaterialization(
             asset_key=translator.get_asset_key(environment, schema),
-            metadata=metadata.run_metadata(
-                environment, schema, result.steps, planned.get(schema), where.get(schema)
-            ),
+            metadata=metadata.run_metadata(environment, schema, result.steps, where.get(schema)),
         )
 
 
@@ -55,11 +51,11 @@ def build_jobs(translator: SchemaAssetTranslator) -> list[dg.JobDefinition]:
         context: dg.OpExecutionContext, config: MigrateConfig, migrations: MigrationResource
     ) -> Iterator[Any]:
         with metadata.clear_errors():
-            result, plans = migrations.upgrade(
+            result = migrations.upgrade(
                 context, config.environment, config.schemas or None, config.to
             )
         statuses = engine.status(migrations.project(), config.environment) if result.ok else []
-        yield from _materializations(translator, config.environment, result, plans, statuses)
+        yield from _materializations(translator, config.environment, result, statuses)
         if not result.ok:
             raise metadata.failure(config.environment, result)
         yield dg.Output(
@@ -80,7 +76,7 @@ def build_jobs(translator: SchemaAssetTranslator) -> list[dg.JobDefinition]:
                 context, config.environment, config.schema_name, config.to, config.allow_data_loss
             )
         statuses = engine.status(migrations.project(), config.environment) if result.ok else []
-        yield from _materializations(translator, config.environment, result, None, statuses)
+        yield from _materializations(translator, config.environment, result, statuses)
         if not result.ok:
             raise metadata.failure(config.environment, result)
         touched = sorted({r.schema_name for r in result.steps if r.schema_name})

@@ -49,7 +49,6 @@ def run_metadata(
     environment: str,
     schema: str,
     rows: list[audit.AuditRow],
-    plan: engine.PlannedSchema | None,
     status: engine.SchemaStatus | None,
 ) -> dict[str, dg.MetadataValue]:
     """What a schema asset's materialization shows: what ran, how long, where it stands."""
@@ -67,10 +66,14 @@ def run_metadata(
     if status is not None:
         metadata["current_revision"] = dg.MetadataValue.text(status.current or "base")
         metadata["head_revision"] = dg.MetadataValue.text(status.head or "base")
-    if plan is not None and plan.sql:
-        metadata["sql"] = dg.MetadataValue.md(f"```sql\n{plan.sql.strip()}\n```")
-    elif not mine:
-        metadata["sql"] = dg.MetadataValue.md("Already at head: no SQL ran.")
+    ran = [
+        f"-- {r.alembic_version}: {r.message}\n" + ";\n".join(r.sql or []) + ";"
+        for r in mine
+        if r.success
+    ]
+    metadata["sql"] = dg.MetadataValue.md(
+        "```sql\n" + "\n\n".join(ran) + "\n```" if ran else "Already at head: no SQL ran."
+    )
     return metadata
 
 
@@ -123,7 +126,8 @@ def audit_history_metadata(
 
     from orchestration.plot import audit_timeline
 
-    png = audit_timeline(rows, f"alembic_version_history in {environment}")
+    svg = audit_timeline(rows, f"alembic_version_history in {environment}")
+    encoded = base64.b64encode(svg.encode()).decode()
     lines = [
         "| id | changed_at | schema | operation | from | to | ok | ms | run |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -137,7 +141,7 @@ def audit_history_metadata(
         )
     return {
         "audit_timeline": dg.MetadataValue.md(
-            f"![audit timeline](data:image/png;base64,{base64.b64encode(png).decode()})"
+            f"![audit timeline](data:image/svg+xml;base64,{encoded})"
         ),
         "audit_history": dg.MetadataValue.md("\n".join(lines)),
     }

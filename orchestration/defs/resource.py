@@ -10,7 +10,6 @@ import dagster as dg
 from pydantic import Field
 
 from orchestration import audit, engine
-from orchestration.errors import MigrationError
 from orchestration.revisions import MigrationProject
 from orchestration.settings import ProjectSettings, load_settings
 
@@ -40,24 +39,16 @@ class MigrationResource(dg.ConfigurableResource):
         environment: str,
         schemas: list[str] | None,
         to: str | None = None,
-    ) -> tuple[engine.RunResult, list[engine.PlannedSchema]]:
-        """Upgrade, logging each step as it ends. Also returns the SQL it planned."""
-        project = self.project()
-        plans: list[engine.PlannedSchema] = []
-        if to in (None, "head"):
-            try:
-                plans = engine.plan(project, environment, schemas)
-            except MigrationError as exc:  # the SQL is for people to read: not a reason to stop
-                context.log.warning(str(exc))
-        result = engine.upgrade(
-            project,
+    ) -> engine.RunResult:
+        """Upgrade, logging each step as it ends; each step's row carries the SQL it ran."""
+        return engine.upgrade(
+            self.project(),
             environment,
             schemas=schemas,
             to=to,
             run_id=context.run.run_id,
             on_step=_step_logger(context),
         )
-        return result, plans
 
     def downgrade(
         self,
