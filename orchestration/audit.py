@@ -75,11 +75,26 @@ def audit_table(schema: str) -> sa.Table:
 _STORED = [c.name for c in audit_table("public").columns if c.name not in ("id", "changed_at")]
 
 
+@cache
+def create_sql(schema: str) -> str:
+    """CREATE ... IF NOT EXISTS for the schema, table and index: one round trip, no reflection."""
+    from sqlalchemy.dialects import postgresql
+    from sqlalchemy.schema import CreateIndex, CreateTable
+
+    table = audit_table(schema)
+    dialect = postgresql.dialect()
+    statements = [f'CREATE SCHEMA IF NOT EXISTS "{schema}"'] if schema != "public" else []
+    statements.append(str(CreateTable(table, if_not_exists=True).compile(dialect=dialect)))
+    statements += [
+        str(CreateIndex(index, if_not_exists=True).compile(dialect=dialect))
+        for index in table.indexes
+    ]
+    return ";\n".join(s.strip() for s in statements)
+
+
 def ensure_table(conn: sa.Connection, schema: str) -> None:
-    """Create the table (and its schema) on first use. Caller holds the migration lock."""
-    if schema != "public":
-        conn.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
-    audit_table(schema).create(conn, checkfirst=True)
+    """Create the table (and its schema) on first use."""
+    conn.exec_driver_sql(create_sql(schema))
 
 
 @cache
@@ -96,7 +111,15 @@ def _insert_sql(schema: str) -> str:
 def insert_row(conn: sa.Connection, schema: str, row: AuditRow) -> AuditRow:
     """Insert ``row`` on ``conn`` (inside the caller's transaction); fill in id and time."""
     values = {name: getattr(row, name) for name in _STORED}
-    row.id, row.changed_at = conn.exec_driver_sql(_insert_sql(schema), values).one()
+    # The DBAPI cursor: one round trip, without SQLAlchemy's per-statement bookkeeping.
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.execute(_insert_sql(schema), values)
+        inserted = cursor.fetchone()
+        assert inserted is not None  # RETURNING always gives the row
+        row.id, row.changed_at = inserted
+    finally:
+        cursor.close()
     return row
 
 

@@ -17,29 +17,35 @@ BASE = "base"
 # Our own bookkeeping tables are not part of any schema's expected shape.
 _OWN_TABLES = ("alembic_version", "alembic_version_history", SNAPSHOT_TABLE)
 
-_RELATIONS = """
-SELECT c.relname, c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
- WHERE n.nspname = :schema AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
-   AND NOT c.relname = ANY(:own)
-"""
-_COLUMNS = """
-SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull
-  FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
-  JOIN pg_namespace n ON n.oid = c.relnamespace
- WHERE n.nspname = :schema AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
-   AND a.attnum > 0 AND NOT a.attisdropped AND NOT c.relname = ANY(:own)
-"""
-_INDEXES = """
-SELECT ic.relname, pg_get_indexdef(i.indexrelid)
-  FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
-  JOIN pg_class tc ON tc.oid = i.indrelid JOIN pg_namespace n ON n.oid = ic.relnamespace
- WHERE n.nspname = :schema AND NOT tc.relname = ANY(:own)
-"""
-_CONSTRAINTS = """
-SELECT c.relname || '.' || k.conname, pg_get_constraintdef(k.oid)
-  FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid
-  JOIN pg_namespace n ON n.oid = k.connamespace
- WHERE n.nspname = :schema AND NOT c.relname = ANY(:own)
+# The whole snapshot in one query: relations, columns, indexes and constraints as JSON.
+_SNAPSHOT = """
+SELECT jsonb_build_object(
+  'relations', COALESCE((
+    SELECT jsonb_object_agg(c.relname, CASE c.relkind
+             WHEN 'r' THEN 'table' WHEN 'p' THEN 'table' WHEN 'v' THEN 'view'
+             WHEN 'm' THEN 'materialized view' WHEN 'S' THEN 'sequence' ELSE 'foreign table' END)
+      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+     WHERE n.nspname = :schema AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
+       AND NOT c.relname = ANY(:own)), '{}'::jsonb),
+  'columns', COALESCE((
+    SELECT jsonb_object_agg(c.relname || '.' || a.attname,
+             format_type(a.atttypid, a.atttypmod)
+             || CASE WHEN a.attnotnull THEN ' not null' ELSE '' END)
+      FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+      JOIN pg_namespace n ON n.oid = c.relnamespace
+     WHERE n.nspname = :schema AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
+       AND a.attnum > 0 AND NOT a.attisdropped AND NOT c.relname = ANY(:own)), '{}'::jsonb),
+  'indexes', COALESCE((
+    SELECT jsonb_object_agg(ic.relname, pg_get_indexdef(i.indexrelid))
+      FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+      JOIN pg_class tc ON tc.oid = i.indrelid JOIN pg_namespace n ON n.oid = ic.relnamespace
+     WHERE n.nspname = :schema AND NOT tc.relname = ANY(:own)), '{}'::jsonb),
+  'constraints', COALESCE((
+    SELECT jsonb_object_agg(c.relname || '.' || k.conname, pg_get_constraintdef(k.oid))
+      FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid
+      JOIN pg_namespace n ON n.oid = k.connamespace
+     WHERE n.nspname = :schema AND NOT c.relname = ANY(:own)), '{}'::jsonb)
+)
 """
 _INVALID_INDEXES = """
 SELECT ic.relname FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
@@ -57,21 +63,9 @@ _KINDS = {
 
 
 def snapshot(conn: sa.Connection, schema: str) -> dict[str, dict[str, str]]:
-    """The schema's relations, columns, indexes and constraints, as sorted plain strings."""
-    params = {"schema": schema, "own": list(_OWN_TABLES)}
-
-    def rows(sql: str) -> list[sa.Row]:
-        return list(conn.execute(sa.text(sql), params))
-
-    return {
-        "relations": {name: _KINDS[kind] for name, kind in rows(_RELATIONS)},
-        "columns": {
-            f"{table}.{column}": f"{type_}{' not null' if notnull else ''}"
-            for table, column, type_, notnull in rows(_COLUMNS)
-        },
-        "indexes": dict(rows(_INDEXES)),
-        "constraints": dict(rows(_CONSTRAINTS)),
-    }
+    """The schema's relations, columns, indexes and constraints, as plain strings."""
+    value = conn.scalar(sa.text(_SNAPSHOT), {"schema": schema, "own": list(_OWN_TABLES)})
+    return json.loads(value) if isinstance(value, str) else dict(value)
 
 
 def diff(expected: dict[str, dict[str, str]], live: dict[str, dict[str, str]]) -> list[str]:
@@ -110,22 +104,26 @@ def snapshot_table(audit_schema: str) -> sa.Table:
     )
 
 
-def save(conn: sa.Connection, audit_schema: str, schema: str, revision: str | None) -> None:
-    from sqlalchemy.dialects.postgresql import insert
+@cache
+def create_sql(audit_schema: str) -> str:
+    from sqlalchemy.dialects import postgresql
+    from sqlalchemy.schema import CreateTable
 
     table = snapshot_table(audit_schema)
-    table.create(conn, checkfirst=True)
-    values = {
-        "schema_name": schema,
-        "revision": revision or BASE,
-        "snapshot": snapshot(conn, schema),
-    }
-    statement = insert(table).values(values)
+    return str(CreateTable(table, if_not_exists=True).compile(dialect=postgresql.dialect()))
+
+
+def save(conn: sa.Connection, audit_schema: str, schema: str, revision: str | None) -> None:
+    """Snapshot ``schema`` as it is now, for ``revision``: one statement, done in the database."""
+    conn.exec_driver_sql(create_sql(audit_schema))
     conn.execute(
-        statement.on_conflict_do_update(
-            index_elements=[table.c.schema_name, table.c.revision],
-            set_={"snapshot": statement.excluded.snapshot, "taken_at": sa.func.now()},
-        )
+        sa.text(
+            f'INSERT INTO "{audit_schema}".{SNAPSHOT_TABLE} (schema_name, revision, snapshot) '
+            f"SELECT :schema, :revision, ({_SNAPSHOT}) "
+            "ON CONFLICT (schema_name, revision) DO UPDATE "
+            "SET snapshot = EXCLUDED.snapshot, taken_at = now()"
+        ),
+        {"schema": schema, "revision": revision or BASE, "own": list(_OWN_TABLES)},
     )
 
 

@@ -245,19 +245,19 @@ def _settings(context: EnvironmentContext) -> ProjectSettings:
 def prepare_session(conn: sa.Connection, settings: ProjectSettings, environment: str) -> str:
     """Timeouts for every step, the audit table, and who runs this. Returns executed_by."""
     env = settings.environment(environment)
-    conn.execute(
+    # A runner killed mid-statement: with client_connection_check_interval (PostgreSQL 14+)
+    # the server notices the lost client and rolls back, releasing its locks, instead of
+    # finishing a pg_sleep or a long DDL for nobody.
+    check = (conn.dialect.server_version_info or (0,)) >= (14,)
+    db_user = conn.execute(
         sa.text(
-            "SELECT set_config('lock_timeout', :lock, false),"
+            "SELECT current_user, set_config('lock_timeout', :lock, false),"
             " set_config('statement_timeout', :statement, false)"
+            + (", set_config('client_connection_check_interval', '1s', false)" if check else "")
         ),
         {"lock": env.lock_timeout, "statement": env.statement_timeout},
-    )
-    if (conn.dialect.server_version_info or (0,)) >= (14,):
-        # A runner killed mid-statement: the server notices the lost client and rolls back
-        # (and releases locks) instead of finishing a pg_sleep or a long DDL for nobody.
-        conn.execute(sa.text("SELECT set_config('client_connection_check_interval', '1s', false)"))
+    ).scalar()
     audit.ensure_table(conn, settings.audit_schema)
-    db_user = conn.scalar(sa.text("SELECT current_user"))
     # Commit: Alembic must find the connection outside a transaction, or it would run
     # every revision in one external transaction instead of one transaction each.
     conn.commit()

@@ -183,12 +183,18 @@ def workspace(tmp_path: Path, databases: Databases, monkeypatch: pytest.MonkeyPa
     return Workspace(root, urls)
 
 
-def failing_revision(revision: str, down_revision: str, message: str = "boom") -> str:
-    """A revision that creates a table, then fails: nothing of it may remain."""
-    return f'''"""{message}
+def revision_file(
+    revision: str,
+    down_revision: str | None,
+    upgrade: str,
+    downgrade: str = "    pass",
+    message: str | None = None,
+) -> str:
+    """The text of a revision file; ``upgrade`` and ``downgrade`` are indented bodies."""
+    return f'''"""{message or revision}
 
 Revision ID: {revision}
-Revises: {down_revision}
+Revises: {down_revision or ""}
 Create Date: 2024-03-01 09:00:00.000000+00:00
 
 """
@@ -196,45 +202,42 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "{revision}"
-down_revision = "{down_revision}"
+down_revision = {down_revision!r}
 branch_labels = None
 depends_on = None
 
 
 def upgrade():
-    op.create_table("half_done", sa.Column("id", sa.Integer, primary_key=True), schema="ecommerce")
-    op.execute("SELECT 1/0")
+{upgrade}
 
 
 def downgrade():
-    op.drop_table("half_done", schema="ecommerce")
+{downgrade}
 '''
+
+
+def failing_revision(revision: str, down_revision: str, message: str = "boom") -> str:
+    """A revision that creates a table, then fails: nothing of it may remain."""
+    return revision_file(
+        revision,
+        down_revision,
+        '    op.create_table("half_done", sa.Column("id", sa.Integer), schema="ecommerce")\n'
+        '    op.execute("SELECT 1/0")',
+        '    op.drop_table("half_done", schema="ecommerce")',
+        message,
+    )
 
 
 def simple_revision(revision: str, down_revision: str, table: str, message: str = "add") -> str:
-    return f'''"""{message}
-
-Revision ID: {revision}
-Revises: {down_revision}
-Create Date: 2024-03-02 09:00:00.000000+00:00
-
-"""
-import sqlalchemy as sa
-from alembic import op
-
-revision = "{revision}"
-down_revision = "{down_revision}"
-branch_labels = None
-depends_on = None
-
-
-def upgrade():
-    op.create_table("{table}", sa.Column("id", sa.Integer, primary_key=True), schema="ecommerce")
-
-
-def downgrade():
-    op.drop_table("{table}", schema="ecommerce")
-'''
+    """A revision that creates one table in ecommerce."""
+    return revision_file(
+        revision,
+        down_revision,
+        f'    op.create_table("{table}", sa.Column("id", sa.Integer, primary_key=True), '
+        'schema="ecommerce")',
+        f'    op.drop_table("{table}", schema="ecommerce")',
+        message,
+    )
 
 
 ECOMMERCE_HEAD = "20909ec7166e"

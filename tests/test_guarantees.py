@@ -13,7 +13,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 import sqlalchemy as sa
-from conftest import ANALYTICS_HEAD, ECOMMERCE_HEAD, Workspace, simple_revision
+from conftest import ANALYTICS_HEAD, ECOMMERCE_HEAD, Workspace, revision_file, simple_revision
 
 from orchestration import engine
 from orchestration.cli import main
@@ -22,32 +22,8 @@ from orchestration.errors import DataLossRefused
 from orchestration.runtime import LOCK_KEY
 
 
-def _revision(
-    revision: str, down: str, upgrade: str, downgrade: str = "pass", imports: str = ""
-) -> str:
-    return f'''"""{revision}
-
-Revision ID: {revision}
-Revises: {down}
-Create Date: 2024-04-01 09:00:00.000000+00:00
-
-"""
-import sqlalchemy as sa
-from alembic import op
-{imports}
-revision = "{revision}"
-down_revision = {down!r}
-branch_labels = None
-depends_on = None
-
-
-def upgrade():
-{upgrade}
-
-
-def downgrade():
-    {downgrade}
-'''
+def _revision(revision: str, down: str, upgrade: str, downgrade: str = "pass") -> str:
+    return revision_file(revision, down, upgrade, f"    {downgrade}")
 
 
 def _set_toml(workspace: Workspace, old: str, new: str) -> None:
