@@ -12,6 +12,7 @@ import dagster as dg
 
 from orchestration import scan
 from orchestration.defs.assets import build_schema_assets
+from orchestration.defs.fleet import build_fleet_job
 from orchestration.defs.jobs import build_jobs
 from orchestration.defs.resource import MigrationResource, default_alembic_ini
 from orchestration.defs.schedules import build_environment_sync
@@ -75,7 +76,12 @@ def build_definitions(
     return dg.Definitions(
         assets=assets,
         asset_checks=checks,
-        jobs=[*build_jobs(translator), promote, sync],
+        jobs=[
+            *build_jobs(translator),
+            promote,
+            sync,
+            *(build_fleet_job(env) for env in settings.environments),
+        ],
         sensors=[
             build_revision_files_sensor(settings.alembic_ini, translator, first_env),
             # Dagster's default automation sensor starts STOPPED; promote = "auto" in

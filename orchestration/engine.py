@@ -24,6 +24,7 @@ from orchestration import audit, catalog, dataloss
 from orchestration.errors import ConfigurationError, DataLossRefused, MigrationError
 from orchestration.revisions import MigrationProject, Revision, file_checksum
 from orchestration.runtime import create_engine, error_text
+from orchestration.settings import check_identifier
 from orchestration.targets import database_url
 from orchestration.urls import display_url, redact
 
@@ -141,9 +142,14 @@ class VerifyResult:
 
 
 @contextmanager
-def connect(project: MigrationProject, environment: str) -> Iterator[tuple[sa.Connection, URL]]:
-    """A connection to the environment's database, or one clear ConfigurationError."""
+def connect(
+    project: MigrationProject, environment: str, database: str | None = None
+) -> Iterator[tuple[sa.Connection, URL]]:
+    """A connection to the environment's database (or another database on its server, for
+    a fleet target), or one clear ConfigurationError."""
     url = database_url(project.settings, environment)
+    if database is not None:
+        url = url.set(database=check_identifier("database", database))
     engine = create_engine(url, environment)
     try:
         try:
@@ -217,11 +223,15 @@ def _status_from_heads(
 
 
 def status(
-    project: MigrationProject, environment: str, schemas: list[str] | None = None
+    project: MigrationProject,
+    environment: str,
+    schemas: list[str] | None = None,
+    *,
+    database: str | None = None,
 ) -> list[SchemaStatus]:
     """Current revision, head and pending revisions of each schema."""
     selected = _schemas(project, schemas)
-    with connect(project, environment) as (conn, _):
+    with connect(project, environment, database) as (conn, _):
         return _status_from_heads(project, _db_heads(conn), selected)
 
 
@@ -275,8 +285,9 @@ def _run(
     *,
     run_id: str | None,
     on_step: StepCallback | None,
+    database: str | None = None,
 ) -> RunResult:
-    with connect(project, environment) as (conn, url):
+    with connect(project, environment, database) as (conn, url):
         config = _alembic_config(project, environment, conn, run_id=run_id, on_step=on_step)
         result = RunResult(environment, operation, steps=config.attributes["audit_rows"])
         try:
@@ -294,15 +305,21 @@ def upgrade(
     to: str | None = None,
     run_id: str | None = None,
     on_step: StepCallback | None = None,
+    database: str | None = None,
 ) -> RunResult:
-    """Upgrade the schemas (default all) to head, or everything needed to reach ``to``."""
+    """Upgrade the schemas (default all) to head, or everything needed to reach ``to``.
+
+    ``database`` migrates another database on the environment's server (a fleet target).
+    """
     targets = _upgrade_targets(project, schemas, to)
 
     def steps(config: Config) -> None:
         for target in targets:
             command.upgrade(config, target)
 
-    return _run(project, environment, "upgrade", steps, run_id=run_id, on_step=on_step)
+    return _run(
+        project, environment, "upgrade", steps, run_id=run_id, on_step=on_step, database=database
+    )
 
 
 def _downgrade_target(project: MigrationProject, st: SchemaStatus, to: str) -> str:
@@ -532,6 +549,7 @@ def verify(
     *,
     expect_head: bool = True,
     run_id: str | None = None,
+    database: str | None = None,
 ) -> list[VerifyResult]:
     """Check each schema and write one `verify` audit row per schema.
 
@@ -540,7 +558,7 @@ def verify(
     """
     selected = _schemas(project, schemas)
     results = []
-    with connect(project, environment) as (conn, _):
+    with connect(project, environment, database) as (conn, _):
         db_heads = _db_heads(conn)
         for st in _status_from_heads(project, db_heads, selected):
             started = time.perf_counter()

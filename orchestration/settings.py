@@ -25,6 +25,10 @@ class EnvironmentSettings:
     lock_timeout: str = "5s"
     statement_timeout: str = "10min"
     promote: str = "manual"
+    # More databases on this environment's server that get the same migrations (tenants):
+    # listed, and/or found by a query run on the environment's own database.
+    fleet_databases: tuple[str, ...] = ()
+    fleet_query: str | None = None
 
 
 @dataclass(frozen=True)
@@ -96,10 +100,17 @@ def settings_from_dict(ini: Path, data: dict) -> ProjectSettings:
     environments = []
     for name, values in envs_data.items():
         check_identifier("environment", name)
+        values = dict(values)
+        fleet = values.pop("fleet", {})
         try:
             environments.append(
                 EnvironmentSettings(
-                    name=name, **{"url_env": f"{name.upper()}_DATABASE_URL", **values}
+                    name=name,
+                    **{"url_env": f"{name.upper()}_DATABASE_URL", **values},
+                    fleet_databases=tuple(
+                        check_identifier("fleet database", d) for d in fleet.get("databases", [])
+                    ),
+                    fleet_query=fleet.get("query") or None,
                 )
             )
         except TypeError as exc:

@@ -1,0 +1,80 @@
+"""Fleet migrations: many databases on an environment's server that share its migrations."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import sqlalchemy as sa
+
+from orchestration import engine
+from orchestration.errors import ConfigurationError, MigrationError
+from orchestration.revisions import MigrationProject
+from orchestration.settings import check_identifier
+
+DONE, UP_TO_DATE, FAILED = "done", "up to date", "failed"
+
+
+@dataclass
+class TargetOutcome:
+    """What happened to one fleet target; never an exception, so one failure stops nothing."""
+
+    database: str
+    status: str
+    steps: int = 0
+    error: str | None = None
+    audit_ids: list[int] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {
+            "database": self.database,
+            "status": self.status,
+            "steps": self.steps,
+            "error": self.error,
+            "audit_ids": self.audit_ids,
+        }
+
+
+def targets(project: MigrationProject, environment: str) -> list[str]:
+    """The environment's fleet: databases listed in migrate.toml, then those its query finds."""
+    env = project.settings.environment(environment)
+    names = list(env.fleet_databases)
+    if env.fleet_query:
+        with engine.connect(project, environment) as (conn, _):
+            try:
+                names += [str(name) for name in conn.scalars(sa.text(env.fleet_query))]
+            except sa.exc.SQLAlchemyError as exc:
+                raise ConfigurationError(
+                    f"migrate.toml [environments.{environment}.fleet] query failed: "
+                    f"{str(getattr(exc, 'orig', exc)).strip().splitlines()[0]}"
+                ) from None
+    return [check_identifier("fleet database", name) for name in dict.fromkeys(names)]
+
+
+def migrate_target(
+    project: MigrationProject,
+    environment: str,
+    database: str,
+    *,
+    run_id: str | None = None,
+    on_step: engine.StepCallback | None = None,
+) -> TargetOutcome:
+    """Upgrade one target to head and verify it: done, up to date, or failed (with why)."""
+    try:
+        result = engine.upgrade(
+            project, environment, database=database, run_id=run_id, on_step=on_step
+        )
+        ids = [row.id for row in result.steps if row.id is not None]
+        if not result.ok:
+            return TargetOutcome(database, FAILED, len(result.steps), result.error, ids)
+        checks = engine.verify(project, environment, database=database, run_id=run_id)
+    except (ConfigurationError, MigrationError) as exc:  # unreachable, refused, locked
+        return TargetOutcome(database, FAILED, error=str(exc))
+    failed = [f.message for c in checks for f in c.findings if f.severity == "error"]
+    ids += [c.audit_id for c in checks if c.audit_id is not None]
+    if failed:
+        return TargetOutcome(
+            database, FAILED, len(result.steps), "verify: " + "; ".join(failed), ids
+        )
+    return TargetOutcome(
+        database, DONE if result.steps else UP_TO_DATE, len(result.steps), None, ids
+    )

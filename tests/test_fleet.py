@@ -1,0 +1,121 @@
+"""Fleet migrations: 21 databases in one Dagster run, one of them failing, then a rerun."""
+
+from __future__ import annotations
+
+import uuid
+
+import dagster as dg
+import pytest
+import sqlalchemy as sa
+from conftest import ANALYTICS_HEAD, ECOMMERCE_HEAD, Workspace
+
+from orchestration import fleet
+from orchestration.definitions import build_definitions
+
+
+def _fleet_config(workspace: Workspace, body: str) -> None:
+    path = workspace.root / "migrate.toml"
+    path.write_text(path.read_text() + f"\n[environments.dev.fleet]\n{body}\n")
+
+
+def _heads(url: sa.engine.URL) -> set[str]:
+    engine = sa.create_engine(url, poolclass=sa.NullPool)
+    with engine.connect() as conn:
+        exists = conn.scalar(sa.text("SELECT to_regclass('public.alembic_version')"))
+        heads = (
+            {r[0] for r in conn.execute(sa.text("SELECT version_num FROM alembic_version"))}
+            if exists
+            else set()
+        )
+    engine.dispose()
+    return heads
+
+
+@pytest.fixture
+def tenants(workspace: Workspace, databases):
+    urls = [databases.create("tenant") for _ in range(21)]
+    _fleet_config(workspace, "databases = [" + ", ".join(f'"{u.database}"' for u in urls) + "]")
+    return urls
+
+
+def _run(workspace: Workspace, instance) -> dg.ExecuteInProcessResult:
+    job = build_definitions(str(workspace.ini)).resolve_job_def("fleet_dev")
+    return job.execute_in_process(instance=instance, raise_on_error=False)
+
+
+def _summary(result: dg.ExecuteInProcessResult) -> dict[str, int]:
+    event = next(
+        e
+        for e in result.all_events
+        if e.event_type_value == "STEP_OUTPUT" and e.step_key == "fleet_summary_dev"
+    )
+    meta = event.event_specific_data.metadata
+    return {k: meta[k].value for k in ("targets", "done", "up_to_date", "failed")}
+
+
+def test_a_fleet_run_migrates_every_target_and_a_rerun_finishes_the_failed_one(
+    workspace: Workspace, tenants
+):
+    broken = tenants[7]
+    engine = sa.create_engine(broken, poolclass=sa.NullPool)
+    with engine.connect() as conn:  # a hand-made table in the way of revision 07e0f754c9d8
+        conn.exec_driver_sql("CREATE SCHEMA ecommerce; CREATE TABLE ecommerce.customers (x int)")
+        conn.commit()
+    engine.dispose()
+
+    with dg.instance_for_test() as instance:
+        first = _run(workspace, instance)
+
+        assert not first.success
+        assert _summary(first) == {"targets": 21, "done": 20, "up_to_date": 0, "failed": 1}
+        failure = next(e for e in first.all_events if e.event_type_value == "STEP_FAILURE")
+        assert broken.database in failure.step_failure_data.user_failure_data.description
+        tags = instance.get_run_by_id(first.run_id).tags
+        assert (tags["migrate/fleet_done"], tags["migrate/fleet_failed"]) == ("20", "1")
+        for url in tenants:
+            # the broken one stopped at a revision boundary: its schema revision applied,
+            # the customers revision did not
+            want = {"7afdd87a5e29"} if url == broken else {ECOMMERCE_HEAD, ANALYTICS_HEAD}
+            assert _heads(url) == want, url.database
+        assert workspace.version_heads("dev") == set()  # the environment's own database: not
+        # part of its fleet
+
+        engine = sa.create_engine(broken, poolclass=sa.NullPool)
+        with engine.connect() as conn:
+            failed_rows = conn.execute(
+                sa.text(
+                    "SELECT alembic_version, run_id FROM alembic_version_history WHERE NOT success"
+                )
+            ).all()
+            conn.exec_driver_sql("DROP TABLE ecommerce.customers")
+            conn.commit()
+        engine.dispose()
+        assert failed_rows == [("07e0f754c9d8", first.run_id)]
+
+        rerun = _run(workspace, instance)
+
+        assert rerun.success
+        assert _summary(rerun) == {"targets": 21, "done": 1, "up_to_date": 20, "failed": 0}
+        assert _heads(broken) == {ECOMMERCE_HEAD, ANALYTICS_HEAD}
+
+
+def test_fleet_targets_from_a_query(workspace: Workspace, databases):
+    prefix = f"q{uuid.uuid4().hex[:6]}"
+    urls = [databases.create(prefix) for _ in range(2)]
+    _fleet_config(
+        workspace,
+        f'query = "SELECT datname FROM pg_database '
+        f"WHERE datname LIKE '{prefix}\\\\_%' ORDER BY 1\"",
+    )
+    project = workspace.project()
+    assert fleet.targets(project, "dev") == sorted(u.database for u in urls)
+    outcome = fleet.migrate_target(project, "dev", urls[0].database)
+    assert (outcome.status, outcome.steps) == (fleet.DONE, 7)
+    again = fleet.migrate_target(project, "dev", urls[0].database)
+    assert again.status == fleet.UP_TO_DATE and again.steps == 0
+
+
+def test_an_unreachable_target_is_one_failure_not_a_crash(workspace: Workspace):
+    _fleet_config(workspace, 'databases = ["no_such_database_here"]')
+    outcome = fleet.migrate_target(workspace.project(), "dev", "no_such_database_here")
+    assert outcome.status == fleet.FAILED and "cannot connect" in outcome.error
