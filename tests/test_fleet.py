@@ -38,9 +38,10 @@ def tenants(workspace: Workspace, databases):
     return urls
 
 
-def _run(workspace: Workspace, instance) -> dg.ExecuteInProcessResult:
+def _run(workspace: Workspace, instance, per_step: int = 0) -> dg.ExecuteInProcessResult:
     job = build_definitions(str(workspace.ini)).resolve_job_def("fleet_dev")
-    return job.execute_in_process(instance=instance, raise_on_error=False)
+    config = {"ops": {"fleet_targets_dev": {"config": {"targets_per_step": per_step}}}}
+    return job.execute_in_process(instance=instance, raise_on_error=False, run_config=config)
 
 
 def _summary(result: dg.ExecuteInProcessResult) -> dict[str, int]:
@@ -92,7 +93,7 @@ def test_a_fleet_run_migrates_every_target_and_a_rerun_finishes_the_failed_one(
         engine.dispose()
         assert failed_rows == [("07e0f754c9d8", first.run_id)]
 
-        rerun = _run(workspace, instance)
+        rerun = _run(workspace, instance, per_step=1)  # a step per target works the same
 
         assert rerun.success
         assert _summary(rerun) == {"targets": 21, "done": 1, "up_to_date": 20, "failed": 0}
@@ -119,3 +120,14 @@ def test_an_unreachable_target_is_one_failure_not_a_crash(workspace: Workspace):
     _fleet_config(workspace, 'databases = ["no_such_database_here"]')
     outcome = fleet.migrate_target(workspace.project(), "dev", "no_such_database_here")
     assert outcome.status == fleet.FAILED and "cannot connect" in outcome.error
+
+
+def test_batches_split_targets_evenly_or_one_per_step():
+    from orchestration.defs.fleet import batches
+
+    names = [f"t{i:02d}" for i in range(21)]
+    assert batches(names, 1) == [[n] for n in names]
+    assert batches(names, 10) == [names[:10], names[10:20], names[20:]]
+    auto = batches(names, 0)
+    assert [n for part in auto for n in part] == names  # every target, once, in order
+    assert batches([], 0) == []
