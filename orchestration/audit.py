@@ -112,6 +112,9 @@ def insert_row(conn: sa.Connection, schema: str, row: AuditRow) -> AuditRow:
     """Insert ``row`` on ``conn`` (inside the caller's transaction); fill in id and time."""
     values = {name: getattr(row, name) for name in _STORED}
     # The DBAPI cursor: one round trip, without SQLAlchemy's per-statement bookkeeping.
+    # SQLAlchemy must know a transaction is open, or the caller's commit() would do nothing.
+    if not conn.in_transaction():
+        conn.begin()
     cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     try:
         cursor.execute(_insert_sql(schema), values)

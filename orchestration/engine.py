@@ -322,7 +322,9 @@ def upgrade(
     )
 
 
-def _downgrade_target(project: MigrationProject, st: SchemaStatus, to: str) -> str:
+def _kept(project: MigrationProject, st: SchemaStatus, to: str) -> int:
+    """How many of the schema's applied revisions stay after a downgrade to ``to``
+    (a revision, ``-N`` or ``base``); a ``to`` that cannot apply is a ConfigurationError."""
     applied = [r for r in project.revisions(st.schema) if r not in st.pending]
     relative = _RELATIVE.match(to)
     if relative:
@@ -331,9 +333,9 @@ def _downgrade_target(project: MigrationProject, st: SchemaStatus, to: str) -> s
             raise ConfigurationError(
                 f"cannot downgrade {st.schema} by {count}: {len(applied)} revision(s) applied"
             )
-        return f"{st.schema}@-{count}"
+        return len(applied) - count
     if to == "base":
-        return f"{st.schema}@base"
+        return 0
     revision = project.resolve(to)
     if revision.schema != st.schema:
         raise ConfigurationError(f"revision {to} belongs to schema {revision.schema!r}")
@@ -342,7 +344,15 @@ def _downgrade_target(project: MigrationProject, st: SchemaStatus, to: str) -> s
             f"revision {revision.revision} of {st.schema} is not applied "
             f"(current: {st.current or 'base'}): nothing to downgrade to"
         )
-    return revision.revision
+    return applied.index(revision) + 1
+
+
+def _downgrade_target(project: MigrationProject, st: SchemaStatus, to: str) -> str:
+    """Alembic's name for the downgrade target of one schema."""
+    _kept(project, st, to)
+    if _RELATIVE.match(to):
+        return f"{st.schema}@-{int(to[1:])}"
+    return f"{st.schema}@base" if to == "base" else project.resolve(to).revision
 
 
 def _reverted(
@@ -355,16 +365,10 @@ def _reverted(
         for st in statuses
     }
     reverted: dict[str, Revision] = {}
-    for schema in selected:
-        mine = applied[schema]
-        relative = _RELATIVE.match(to)
-        if relative:
-            keep = len(mine) - int(relative.group(1))
-        elif to == "base":
-            keep = 0
-        else:
-            keep = [r.revision for r in mine].index(project.resolve(to).revision) + 1
-        reverted.update((r.revision, r) for r in mine[keep:])
+    for st in statuses:
+        if st.schema in selected:
+            mine = applied[st.schema]
+            reverted.update((r.revision, r) for r in mine[_kept(project, st, to) :])
     changed = True
     while changed:
         changed = False
@@ -559,6 +563,9 @@ def verify(
     selected = _schemas(project, schemas)
     results = []
     with connect(project, environment, database) as (conn, _):
+        audit.ensure_table(conn, project.settings.audit_schema)
+        executed_by = conn.scalar(sa.text("SELECT current_user"))
+        conn.commit()
         db_heads = _db_heads(conn)
         for st in _status_from_heads(project, db_heads, selected):
             started = time.perf_counter()
@@ -574,12 +581,11 @@ def verify(
                 schema_name=st.schema,
                 environment=environment,
                 success=result.ok,
-                executed_by=conn.scalar(sa.text("SELECT current_user")),
+                executed_by=executed_by,
                 run_id=run_id,
                 duration_ms=result.duration_ms,
                 error="; ".join(errors)[:4000] or None,
             )
-            audit.ensure_table(conn, project.settings.audit_schema)
             result.audit_id = audit.insert_row(conn, project.settings.audit_schema, row).id
             conn.commit()
             results.append(result)

@@ -22,9 +22,11 @@ def dagster_environment(settings: ProjectSettings) -> dict[str, str]:
     """Variables to add to the environment of dagster's processes (nothing secret: the
     embedded server has no password, and configured URLs are already in the environment)."""
     env: dict[str, str] = {"ALEMBIC_CONFIG": str(settings.alembic_ini)}
+    target_urls = {
+        name: targets.database_url(settings, name) for name in settings.environment_names
+    }
     if targets.uses_embedded(settings):
-        for name in settings.environment_names:
-            url = targets.database_url(settings, name)
+        for name, url in target_urls.items():
             env[settings.environment(name).url_env] = url.render_as_string(hide_password=False)
         if not os.environ.get(STORAGE_ENV):
             storage = targets.dagster_storage_url(settings)
@@ -37,8 +39,7 @@ def dagster_environment(settings: ProjectSettings) -> dict[str, str]:
             "of its own (never one of the migrated databases)"
         )
     storage_url = normalize_url(raw_storage)
-    for name in settings.environment_names:
-        target = targets.database_url(settings, name)
+    for name, target in target_urls.items():
         same_server = (target.host, target.port, target.query.get("host")) == (
             storage_url.host,
             storage_url.port,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import re
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -16,8 +15,6 @@ from alembic.util.pyfiles import load_python_file
 from orchestration import scan
 from orchestration.errors import ConfigurationError
 from orchestration.settings import ProjectSettings, check_identifier
-
-_CREATE_DATE = re.compile(r"^Create Date:\s*(.+?)\s*$", re.MULTILINE)
 
 
 def schema_of_path(path: str | Path) -> str:
@@ -51,7 +48,7 @@ class Revision:
     @classmethod
     def from_script(cls, script: Script) -> Revision:
         doc = (script.module.__doc__ or "") if script.module else ""
-        found = _CREATE_DATE.search(doc)
+        found = scan.CREATE_DATE.search(doc)
         return cls(
             revision=script.revision,
             schema=schema_of_path(script.path),

@@ -26,7 +26,7 @@ from sqlalchemy.engine import URL
 
 from orchestration import audit, catalog
 from orchestration.errors import MigrationError
-from orchestration.revisions import Revision
+from orchestration.revisions import Revision, file_checksum
 from orchestration.settings import ProjectSettings, load_settings
 from orchestration.targets import database_url
 from orchestration.urls import redact
@@ -197,7 +197,7 @@ class StepRecorder:
     def _checksum(self, revision: Revision) -> str:
         key = str(revision.path)
         if key not in self._checksums:
-            self._checksums[key] = hashlib.sha256(revision.path.read_bytes()).hexdigest()
+            self._checksums[key] = file_checksum(revision.path)
         return self._checksums[key]
 
     def _row(

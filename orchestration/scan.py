@@ -12,7 +12,7 @@ from pathlib import Path
 
 from alembic.config import Config
 
-_CREATE_DATE = re.compile(r"^Create Date:\s*(.+?)\s*$", re.MULTILINE)
+CREATE_DATE = re.compile(r"^Create Date:\s*(.+?)\s*$", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,7 @@ def read_revision_file(schema: str, path: str, data: bytes | None = None) -> Rev
     if "upgrade" not in functions:
         return RevisionFile(path, schema, checksum, error="no upgrade() function")
     doc = ast.get_docstring(tree) or ""
-    found = _CREATE_DATE.search(doc)
+    found = CREATE_DATE.search(doc)
     return RevisionFile(
         path,
         schema,

@@ -55,10 +55,6 @@ class ProjectSettings:
         known = ", ".join(self.environment_names)
         raise ConfigurationError(f"unknown environment {name!r} (known: {known})")
 
-    def alembic_config(self) -> Config:
-        """A fresh Alembic Config; attributes carry what env.py needs per run."""
-        return Config(str(self.alembic_ini))
-
 
 def check_identifier(kind: str, name: str) -> str:
     """Schema and environment names reach SQL and file paths: only plain identifiers pass."""

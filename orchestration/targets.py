@@ -17,13 +17,18 @@ def uses_embedded(settings: ProjectSettings) -> bool:
     return not any(os.environ.get(env.url_env) for env in settings.environments)
 
 
+def _embedded_server(settings: ProjectSettings) -> URL:
+    """The embedded server, up, with a database per environment and Dagster's."""
+    server = embedded.ensure_server(settings.root)
+    embedded.ensure_databases(server, [*settings.environment_names, embedded.DAGSTER_DATABASE])
+    return server
+
+
 def database_url(settings: ProjectSettings, environment: str) -> URL:
     """The normalized (psycopg2) URL of ``environment``'s target database."""
     env = settings.environment(environment)
     if uses_embedded(settings):
-        server = embedded.ensure_server(settings.root)
-        embedded.ensure_databases(server, [*settings.environment_names, embedded.DAGSTER_DATABASE])
-        return server.set(database=env.name)
+        return _embedded_server(settings).set(database=env.name)
     raw = os.environ.get(env.url_env)
     if not raw:
         raise ConfigurationError(
@@ -40,6 +45,4 @@ def dagster_storage_url(settings: ProjectSettings) -> URL | None:
     """Dagster's own storage on the embedded server, or None when URLs are configured."""
     if not uses_embedded(settings):
         return None
-    server = embedded.ensure_server(settings.root)
-    embedded.ensure_databases(server, [*settings.environment_names, embedded.DAGSTER_DATABASE])
-    return server.set(database=embedded.DAGSTER_DATABASE)
+    return _embedded_server(settings).set(database=embedded.DAGSTER_DATABASE)

@@ -29,20 +29,25 @@ class RollbackConfig(dg.Config):
     )
 
 
-def _materializations(
+def _report(
     translator: SchemaAssetTranslator,
+    migrations: MigrationResource,
     environment: str,
     result: engine.RunResult,
-    statuses: list[engine.SchemaStatus] | None = None,
 ) -> Iterator[dg.AssetMaterialization]:
-    """Steps done by a job still show on the schema assets they changed."""
-    where = {s.schema: s for s in statuses or []}
+    """Steps done by a job still show on the schema assets they changed; a failed run
+    raises after them, its first line naming the revision and the cause."""
+    where = {}
+    if result.ok:
+        where = {s.schema: s for s in engine.status(migrations.project(), environment)}
     for schema in dict.fromkeys(r.schema_name for r in result.steps if r.success):
         assert schema is not None
         yield dg.AssetMaterialization(
             asset_key=translator.get_asset_key(environment, schema),
             metadata=metadata.run_metadata(environment, schema, result.steps, where.get(schema)),
         )
+    if not result.ok:
+        raise metadata.failure(environment, result)
 
 
 def build_jobs(translator: SchemaAssetTranslator) -> list[dg.JobDefinition]:
@@ -54,10 +59,7 @@ def build_jobs(translator: SchemaAssetTranslator) -> list[dg.JobDefinition]:
             result = migrations.upgrade(
                 context, config.environment, config.schemas or None, config.to
             )
-        statuses = engine.status(migrations.project(), config.environment) if result.ok else []
-        yield from _materializations(translator, config.environment, result, statuses)
-        if not result.ok:
-            raise metadata.failure(config.environment, result)
+        yield from _report(translator, migrations, config.environment, result)
         yield dg.Output(
             {
                 "environment": config.environment,
@@ -75,10 +77,7 @@ def build_jobs(translator: SchemaAssetTranslator) -> list[dg.JobDefinition]:
             result = migrations.downgrade(
                 context, config.environment, config.schema_name, config.to, config.allow_data_loss
             )
-        statuses = engine.status(migrations.project(), config.environment) if result.ok else []
-        yield from _materializations(translator, config.environment, result, statuses)
-        if not result.ok:
-            raise metadata.failure(config.environment, result)
+        yield from _report(translator, migrations, config.environment, result)
         touched = sorted({r.schema_name for r in result.steps if r.schema_name})
         yield dg.Output(
             {

@@ -1,6 +1,5 @@
 """revision_files_sensor: new or edited revision files start a run that migrates dev."""
 
-import hashlib
 import json
 import os
 from collections import defaultdict
@@ -10,6 +9,7 @@ import dagster as dg
 
 from orchestration import scan
 from orchestration.defs.translator import SchemaAssetTranslator
+from orchestration.revisions import file_checksum
 
 # cursor: {relative path: [mtime_ns, size, sha256]}; unchanged stat means unchanged file,
 # so a quiet tick reads no file at all.
@@ -26,7 +26,7 @@ def changed_files(root: Path, dirs: list[Path], previous: Cursor) -> tuple[Curso
         if old and old[0] == st.st_mtime_ns and old[1] == st.st_size:
             current[key] = old
             continue
-        sha = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        sha = file_checksum(path)
         current[key] = [st.st_mtime_ns, st.st_size, sha]
         if not old or old[2] != sha:
             changed.append((schema, path, sha))
