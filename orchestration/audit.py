@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -98,19 +99,45 @@ def ensure_table(conn: sa.Connection, schema: str) -> None:
 
 
 @cache
-def _insert_sql(schema: str) -> str:
+def _insert_sql(schema: str, prefix: str = "") -> str:
     # Plain driver SQL, built once: a Core insert per step cost ~0.6 ms of compiling.
     columns = ", ".join(_STORED)
-    values = ", ".join(f"%({name})s" for name in _STORED)
+    values = ", ".join(f"%({prefix}{name})s" for name in _STORED)
     return (
         f'INSERT INTO "{schema}".{TABLE_NAME} ({columns}) VALUES ({values}) '
         "RETURNING id, changed_at"
     )
 
 
+_CTE = "migrate_audit_row"
+_PREFIX = "migrate_audit_"
+
+
+def _values(row: AuditRow, prefix: str = "") -> dict:
+    return {f"{prefix}{name}": getattr(row, name) for name in _STORED}
+
+
+def insert_before(statement: str, parameters: dict, schema: str, row: AuditRow) -> tuple[str, dict]:
+    """``statement`` (one INSERT, UPDATE or DELETE) preceded by the insert of ``row``, as a
+    data-modifying CTE: both in one round trip. The statement then returns the row's id
+    and time (read them with ``fetch_inserted``); its row count is unchanged."""
+    sql = (
+        f"WITH {_CTE} AS ({_insert_sql(schema, _PREFIX)}) {statement} "
+        f"RETURNING (SELECT id FROM {_CTE}), (SELECT changed_at FROM {_CTE})"
+    )
+    return sql, {**parameters, **_values(row, _PREFIX)}
+
+
+def fetch_inserted(cursor: Any, row: AuditRow) -> None:
+    """After ``insert_before``'s statement ran on ``cursor``: fill in id and time."""
+    inserted = cursor.fetchone()  # no round trip: the driver holds the result already
+    if inserted is not None:
+        row.id, row.changed_at = inserted
+
+
 def insert_row(conn: sa.Connection, schema: str, row: AuditRow) -> AuditRow:
     """Insert ``row`` on ``conn`` (inside the caller's transaction); fill in id and time."""
-    values = {name: getattr(row, name) for name in _STORED}
+    values = _values(row)
     # The DBAPI cursor: one round trip, without SQLAlchemy's per-statement bookkeeping.
     # SQLAlchemy must know a transaction is open, or the caller's commit() would do nothing.
     if not conn.in_transaction():
