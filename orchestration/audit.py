@@ -178,9 +178,10 @@ def recent_rows(
 
 
 def applied_checksums(conn: sa.Connection, schema: str, schema_name: str) -> dict[str, str | None]:
-    """revision -> checksum of the file when it was last applied successfully."""
-    if not table_exists(conn, schema):
-        return {}
+    """revision -> checksum of the file when it was last applied successfully.
+
+    The table must exist (ensure_table): a reflection query here cost more than the query.
+    """
     table = audit_table(schema)
     query = (
         sa.select(table.c.alembic_version, table.c.revision_checksum)
