@@ -22,7 +22,7 @@ from sqlalchemy.engine import URL
 
 from orchestration import audit, catalog, dataloss
 from orchestration.errors import ConfigurationError, DataLossRefused, MigrationError
-from orchestration.revisions import MigrationProject, Revision, file_checksum
+from orchestration.revisions import MigrationProject, Revision
 from orchestration.runtime import create_engine, error_text
 from orchestration.settings import check_identifier
 from orchestration.targets import database_url
@@ -177,6 +177,7 @@ def _alembic_config(
     config = Config(str(project.settings.alembic_ini), output_buffer=output)
     config.attributes.update(
         settings=project.settings,
+        project=project,
         environment=environment,
         connection=connection,
         run_id=run_id,
@@ -476,7 +477,7 @@ def _verify_schema(
                     revision=revision.revision,
                 )
             )
-        elif recorded[revision.revision] != file_checksum(revision.path):
+        elif recorded[revision.revision] != revision.checksum:  # read by this command
             findings.append(
                 VerifyFinding(
                     "checksum",

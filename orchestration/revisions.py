@@ -44,10 +44,12 @@ class Revision:
     down_revisions: tuple[str, ...]
     depends_on: tuple[str, ...]
     create_date: str | None
+    checksum: str  # sha256 of the file as read
     defines_verify: bool = False
 
     @classmethod
     def from_script(cls, script: Script) -> Revision:
+        """From Alembic's own Script, for plain `alembic` runs that have no project."""
         doc = (script.module.__doc__ or "") if script.module else ""
         found = scan.CREATE_DATE.search(doc)
         return cls(
@@ -58,6 +60,7 @@ class Revision:
             down_revisions=_as_tuple(script.down_revision),
             depends_on=_as_tuple(script.dependencies),
             create_date=found.group(1) if found else None,
+            checksum=file_checksum(script.path),
         )
 
 
@@ -93,6 +96,7 @@ class MigrationProject:
                 down_revisions=f.down_revisions,
                 depends_on=f.depends_on,
                 create_date=f.create_date,
+                checksum=f.checksum,
                 defines_verify=f.defines_verify,
             )
         for revision in list(self._by_id.values()):
@@ -135,21 +139,25 @@ class MigrationProject:
         self._by_id[revision.revision] = dataclasses.replace(revision, depends_on=tuple(resolved))
 
     def _check_acyclic(self) -> None:
-        state: dict[str, int] = {}  # 1 visiting, 2 done
-
-        def visit(rid: str, trail: tuple[str, ...]) -> None:
-            if state.get(rid) == 2:
-                return
-            if state.get(rid) == 1:
-                cycle = " -> ".join((*trail[trail.index(rid) :], rid))
-                raise ConfigurationError(f"revisions form a cycle: {cycle}")
-            state[rid] = 1
-            for parent in self._parents(rid):
-                visit(parent, (*trail, rid))
-            state[rid] = 2
-
-        for rid in self._by_id:
-            visit(rid, ())
+        """Depth-first search with a stack of its own: no recursion limit on long chains."""
+        state: dict[str, int] = {}  # 1 on the current path, 2 done
+        for start in self._by_id:
+            if state.get(start):
+                continue
+            state[start] = 1
+            path, stack = [start], [iter(self._parents(start))]
+            while stack:
+                parent = next(stack[-1], None)
+                if parent is None:
+                    state[path.pop()] = 2
+                    stack.pop()
+                elif state.get(parent) == 1:
+                    cycle = " -> ".join((*path[path.index(parent) :], parent))
+                    raise ConfigurationError(f"revisions form a cycle: {cycle}")
+                elif not state.get(parent):
+                    state[parent] = 1
+                    path.append(parent)
+                    stack.append(iter(self._parents(parent)))
 
     def _parents(self, rid: str) -> tuple[str, ...]:
         r = self._by_id[rid]

@@ -6,6 +6,7 @@ Callers hand per-run values to env.py through ``Config.attributes``:
   run_id       the Dagster run id, written to every audit row
   on_step      callable(AuditRow), called as each step ends (success or failure)
   audit_rows   a list the rows of this run are appended to
+  project      the MigrationProject already read (its revisions and checksums are reused)
 """
 
 from __future__ import annotations
@@ -22,12 +23,13 @@ from typing import Any
 import sqlalchemy as sa
 from alembic.runtime.environment import EnvironmentContext
 from alembic.runtime.migration import MigrationContext, MigrationInfo
+from alembic.script import Script
 from sqlalchemy.engine import URL
 from sqlalchemy.sql.dml import UpdateBase
 
 from orchestration import audit, catalog
 from orchestration.errors import MigrationError
-from orchestration.revisions import Revision, file_checksum
+from orchestration.revisions import MigrationProject, Revision
 from orchestration.settings import ProjectSettings, load_settings
 from orchestration.targets import database_url
 from orchestration.urls import redact
@@ -135,6 +137,7 @@ class StepRecorder:
         url: URL | None,
         on_step: Callable[[audit.AuditRow], None] | None,
         rows: list[audit.AuditRow],
+        project: MigrationProject | None = None,
     ):
         self.settings = settings
         self.environment = environment
@@ -149,8 +152,7 @@ class StepRecorder:
         self.version_table: tuple[str, str | None] = ("alembic_version", None)
         self._sent: audit.AuditRow | None = None  # the current step's row, already sent
         self._sent_by: Any = None  # the execution context that carried it
-        self._checksums: dict[str, str] = {}
-        self._revisions: dict[str, Revision] = {}
+        self.project = project
 
     def track(self, migrations_fn: Callable[..., Any]) -> Callable[..., Iterator[Any]]:
         """Wrap Alembic's step generator to know which step runs, and since when."""
@@ -251,20 +253,17 @@ class StepRecorder:
         if self.on_step is not None:
             self.on_step(row)
 
-    def _checksum(self, revision: Revision) -> str:
-        key = str(revision.path)
-        if key not in self._checksums:
-            self._checksums[key] = file_checksum(revision.path)
-        return self._checksums[key]
+    def _revision(self, script: Script) -> Revision:
+        """The project's reading of a revision (file read once per command), else Alembic's."""
+        known = self.project.revision(script.revision) if self.project else None
+        return known or Revision.from_script(script)
 
     def _row(
         self, info: MigrationInfo, *, success: bool, error: str | None = None
     ) -> audit.AuditRow:
         script = info.up_revision  # the revision applied (upgrade) or reverted (downgrade)
         assert script is not None
-        revision = self._revisions.get(script.revision)
-        if revision is None:
-            revision = self._revisions[script.revision] = Revision.from_script(script)  # type: ignore[arg-type]
+        revision = self._revision(script)  # type: ignore[arg-type]
         down = ",".join(revision.down_revisions) or None
         if info.is_stamp:
             operation = audit.STAMP
@@ -280,7 +279,7 @@ class StepRecorder:
             environment=self.environment,
             success=success,
             user_version=os.environ.get(USER_VERSION_ENV) or revision.create_date,
-            revision_checksum=self._checksum(revision),
+            revision_checksum=revision.checksum,
             executed_by=self.executed_by,
             run_id=self.run_id,
             duration_ms=round((time.perf_counter() - self.started) * 1000, 3),
@@ -357,6 +356,7 @@ def _run_online(
             url=url,
             on_step=attributes.get("on_step"),
             rows=attributes.setdefault("audit_rows", []),
+            project=attributes.get("project"),
         )
         context.configure(
             connection=connection,

@@ -264,3 +264,24 @@ def test_each_step_carries_the_sql_it_ran(workspace: Workspace):
     assert any("CREATE INDEX CONCURRENTLY" in s for s in by_rev[ECOMMERCE_HEAD].sql)
     everything = " ".join(s for row in result.steps for s in row.sql)
     assert "alembic_version" not in everything  # bookkeeping is not the revision's SQL
+
+
+def test_a_long_chain_in_shuffled_file_order_is_read_base_first(workspace: Workspace):
+    """3000 revisions whose file names sort in no useful order (Alembic's default template
+    starts names with the random id): deeper than Python's recursion limit, still ordered."""
+    import random
+
+    chain = [f"{i:012x}" for i in range(0x10000, 0x10000 + 3000)]
+    names = random.Random(5).sample(range(10**6), len(chain))
+    down = ECOMMERCE_HEAD
+    for rev, name in zip(chain, names, strict=True):
+        workspace.add_revision(
+            "ecommerce", f"{name:06d}_{rev}_t.py", simple_revision(rev, down, f"t{rev}")
+        )
+        down = rev
+
+    project = workspace.project()
+
+    ecommerce = [r.revision for r in project.revisions("ecommerce")]
+    assert ecommerce == ECOMMERCE_CHAIN + chain
+    assert project.head("ecommerce") == chain[-1]
