@@ -1,35 +1,17 @@
 """Generated Alembic projects of N linear revisions with realistic DDL, for the benchmarks.
 
 Each project exists twice: with this project's env.py (lock, timeouts, audit, snapshots),
-run by `migrate`, and with Alembic's own template env.py, run by plain `alembic`.
+run by `migrate`, and as `alembic init` makes it (generic template), run by plain `alembic`.
 """
 
 from __future__ import annotations
 
+import io
 import shutil
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 SCHEMA = "bench"
-
-_VANILLA_ENV = """
-import os
-
-from alembic import context
-from sqlalchemy import create_engine, pool
-
-url = os.environ["BENCH_URL"]
-if context.is_offline_mode():
-    context.configure(url=url, literal_binds=True, transaction_per_migration=True)
-    with context.begin_transaction():
-        context.run_migrations()
-else:
-    engine = create_engine(url, poolclass=pool.NullPool)
-    with engine.connect() as connection:
-        context.configure(connection=connection, transaction_per_migration=True)
-        with context.begin_transaction():
-            context.run_migrations()
-"""
 
 
 def _step(i: int) -> tuple[str, str]:
@@ -74,23 +56,61 @@ def _revision(i: int) -> str:
     )
 
 
+def _vanilla(root: Path) -> Path:
+    """What `alembic init` makes (its generic template: env.py, alembic.ini with logging),
+    changed only where every real project changes it: the URL comes from the environment,
+    and each revision commits on its own, as ours does."""
+    from alembic import command
+    from alembic.config import Config
+
+    ini = root / "alembic.ini"
+    command.init(
+        Config(str(ini), stdout=io.StringIO()), str(root / "migrations"), template="generic"
+    )
+    env = root / "migrations" / "env.py"
+    text = env.read_text()
+    for old, new in (
+        (
+            "config = context.config\n",
+            "config = context.config\n"
+            'config.set_main_option("sqlalchemy.url", os.environ["BENCH_URL"])\n',
+        ),
+        (
+            "from logging.config import fileConfig\n",
+            "import os\nfrom logging.config import fileConfig\n",
+        ),
+        ("literal_binds=True,\n", "literal_binds=True,\n        transaction_per_migration=True,\n"),
+        (
+            "connection=connection, target_metadata=target_metadata\n",
+            "connection=connection, target_metadata=target_metadata,\n"
+            "            transaction_per_migration=True,\n",
+        ),
+    ):
+        assert old in text, old
+        text = text.replace(old, new, 1)
+    env.write_text(text)
+    return root / "migrations" / "versions"
+
+
 def make_project(root: Path, revisions: int, *, vanilla: bool) -> Path:
     """Write the project under ``root``; returns its alembic.ini."""
     if root.exists():
         shutil.rmtree(root)
-    versions = root / "migrations" / "versions" / SCHEMA
-    versions.mkdir(parents=True)
-    for i in range(revisions):
-        (versions / f"{i + 1:04d}_{i + 1:012x}_step.py").write_text(_revision(i))
-    env_py = _VANILLA_ENV if vanilla else (REPO / "migrations" / "env.py").read_text()
-    (root / "migrations" / "env.py").write_text(env_py)
-    shutil.copy(REPO / "migrations" / "script.py.mako", root / "migrations")
-    (root / "alembic.ini").write_text(
-        "[alembic]\nscript_location = %(here)s/migrations\npath_separator = newline\n"
-        f"version_locations = %(here)s/migrations/versions/{SCHEMA}\n"
-        "migrate_config = %(here)s/migrate.toml\n"
-    )
-    if not vanilla:
+    root.mkdir(parents=True)
+    if vanilla:
+        versions = _vanilla(root)
+    else:
+        versions = root / "migrations" / "versions" / SCHEMA
+        versions.mkdir(parents=True)
+        (root / "migrations" / "env.py").write_text((REPO / "migrations" / "env.py").read_text())
+        shutil.copy(REPO / "migrations" / "script.py.mako", root / "migrations")
+        (root / "alembic.ini").write_text(
+            "[alembic]\nscript_location = %(here)s/migrations\npath_separator = newline\n"
+            f"version_locations = %(here)s/migrations/versions/{SCHEMA}\n"
+            "migrate_config = %(here)s/migrate.toml\n"
+        )
         shutil.copy(REPO / "migrate.toml", root / "migrate.toml")
         shutil.copy(REPO / "workspace.yaml", root / "workspace.yaml")
+    for i in range(revisions):
+        (versions / f"{i + 1:04d}_{i + 1:012x}_step.py").write_text(_revision(i))
     return root / "alembic.ini"

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 from alembic import command
@@ -20,13 +21,16 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy.engine import URL
 
-from orchestration import audit, catalog, dataloss
+from orchestration import audit, catalog
 from orchestration.errors import ConfigurationError, DataLossRefused, MigrationError
 from orchestration.revisions import MigrationProject, Revision
 from orchestration.runtime import create_engine, error_text
 from orchestration.settings import check_identifier
 from orchestration.targets import database_url
 from orchestration.urls import display_url, redact
+
+if TYPE_CHECKING:
+    from orchestration import dataloss  # imported where used: only downgrade needs it
 
 StepCallback = Callable[[audit.AuditRow], None]
 _RELATIVE = re.compile(r"^-(\d+)$")
@@ -384,6 +388,8 @@ def data_at_risk(
     project: MigrationProject, environment: str, conn: sa.Connection, reverted: list[Revision]
 ) -> list[dataloss.AtRisk]:
     """Non-empty tables and columns that reverting ``reverted`` would drop."""
+    from orchestration import dataloss
+
     found: list[dataloss.AtRisk] = []
     for revision in reverted:
         down = revision.down_revisions[0] if revision.down_revisions else f"{revision.schema}@base"

@@ -75,30 +75,42 @@ def error_text(exc: BaseException, url: URL | None = None) -> str:
 
 
 @contextmanager
-def advisory_lock(engine: sa.Engine, wait_seconds: float) -> Iterator[None]:
-    """Hold the migration lock on a connection of its own (autocommit_block needs that).
+def advisory_lock(conn: sa.Connection, wait_seconds: float) -> Iterator[None]:
+    """Hold the migration lock in the session of ``conn``, the migration's own connection.
 
-    Waiters poll pg_try_advisory_lock in autocommit instead of blocking in
-    pg_advisory_lock: a blocked statement holds a snapshot, and CREATE INDEX CONCURRENTLY
-    in the holder's migration waits for every older snapshot in the database, so blocked
-    waiters and the holder would wait on each other until lock_timeout.
+    A session-level lock outlives each step's commit, and goes with the session when the
+    runner dies. Waiters poll pg_try_advisory_lock, each try a transaction that ends at
+    once, instead of blocking in pg_advisory_lock: a blocked statement holds a snapshot,
+    and CREATE INDEX CONCURRENTLY in the holder's migration waits for every older
+    snapshot in the database, so blocked waiters and the holder would wait on each other
+    until lock_timeout.
     """
-    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as lock_conn:
-        deadline = time.monotonic() + wait_seconds
-        pause = 0.05
-        while not lock_conn.scalar(sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": LOCK_KEY}):
-            if time.monotonic() >= deadline:
-                raise MigrationError(
-                    f"another migration holds the lock on this database "
-                    f"({lock_holder(lock_conn)}); gave up after {wait_seconds:g}s"
-                )
-            time.sleep(pause)
-            pause = min(pause * 2, 1.0)
+    deadline = time.monotonic() + wait_seconds
+    pause = 0.05
+    while True:
+        got = conn.scalar(sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": LOCK_KEY})
+        if got:
+            conn.commit()
+            break
+        if time.monotonic() >= deadline:
+            holder = lock_holder(conn)
+            conn.rollback()
+            raise MigrationError(
+                f"another migration holds the lock on this database ({holder}); "
+                f"gave up after {wait_seconds:g}s"
+            )
+        conn.rollback()
+        time.sleep(pause)
+        pause = min(pause * 2, 1.0)
+    try:
+        yield
+    finally:
         try:
-            yield
-        finally:
-            # Closing the connection releases the lock as well, also when the process dies.
-            lock_conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": LOCK_KEY})
+            conn.rollback()  # a failed step may have left a transaction to end
+            conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": LOCK_KEY})
+            conn.commit()
+        except sa.exc.SQLAlchemyError:
+            pass  # the session is gone, and its lock with it
 
 
 def lock_holder(conn: sa.Connection) -> str:
@@ -153,6 +165,7 @@ class StepRecorder:
         self._sent: audit.AuditRow | None = None  # the current step's row, already sent
         self._sent_by: Any = None  # the execution context that carried it
         self.project = project
+        self.user_version = os.environ.get(USER_VERSION_ENV)
 
     def track(self, migrations_fn: Callable[..., Any]) -> Callable[..., Iterator[Any]]:
         """Wrap Alembic's step generator to know which step runs, and since when."""
@@ -278,7 +291,7 @@ class StepRecorder:
             schema_name=revision.schema,
             environment=self.environment,
             success=success,
-            user_version=os.environ.get(USER_VERSION_ENV) or revision.create_date,
+            user_version=self.user_version or revision.create_date,
             revision_checksum=revision.checksum,
             executed_by=self.executed_by,
             run_id=self.run_id,
@@ -307,15 +320,14 @@ def prepare_session(conn: sa.Connection, settings: ProjectSettings, environment:
     # the server notices the lost client and rolls back, releasing its locks, instead of
     # finishing a pg_sleep or a long DDL for nobody.
     check = (conn.dialect.server_version_info or (0,)) >= (14,)
-    db_user = conn.execute(
-        sa.text(
-            "SELECT current_user, set_config('lock_timeout', :lock, false),"
-            " set_config('statement_timeout', :statement, false)"
-            + (", set_config('client_connection_check_interval', '1s', false)" if check else "")
-        ),
+    # One round trip: the audit table's CREATE ... IF NOT EXISTS, then the settings.
+    db_user = conn.exec_driver_sql(
+        audit.create_sql(settings.audit_schema)
+        + ";\nSELECT current_user, set_config('lock_timeout', %(lock)s, false),"
+        " set_config('statement_timeout', %(statement)s, false)"
+        + (", set_config('client_connection_check_interval', '1s', false)" if check else ""),
         {"lock": env.lock_timeout, "statement": env.statement_timeout},
     ).scalar()
-    audit.ensure_table(conn, settings.audit_schema)
     # Commit: Alembic must find the connection outside a transaction, or it would run
     # every revision in one external transaction instead of one transaction each.
     conn.commit()
@@ -347,7 +359,7 @@ def _run_online(
 ) -> None:
     attributes = context.config.attributes
     url = url or connection.engine.url
-    with advisory_lock(connection.engine, settings.lock_wait_timeout_seconds):
+    with advisory_lock(connection, settings.lock_wait_timeout_seconds):
         recorder = StepRecorder(
             settings,
             environment=environment,
