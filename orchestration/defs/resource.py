@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import time
 from pathlib import Path
 
 import dagster as dg
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
 from orchestration import audit, engine
 from orchestration.revisions import MigrationProject
@@ -27,11 +27,20 @@ class MigrationResource(dg.ConfigurableResource):
         default_factory=default_alembic_ini, description="path of the project's alembic.ini"
     )
 
+    _project: MigrationProject | None = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        self._project = None  # each run reads the project anew
+
     def settings(self) -> ProjectSettings:
         return load_settings(self.alembic_ini)
 
     def project(self) -> MigrationProject:
-        return MigrationProject(self.settings())
+        """The project as this run read it: the revision files are read once per run
+        (and process), not once for every call of every step."""
+        if self._project is None:
+            self._project = MigrationProject(self.settings())
+        return self._project
 
     def upgrade(
         self,
@@ -41,14 +50,18 @@ class MigrationResource(dg.ConfigurableResource):
         to: str | None = None,
     ) -> engine.RunResult:
         """Upgrade, logging each step as it ends; each step's row carries the SQL it ran."""
-        return engine.upgrade(
-            self.project(),
-            environment,
-            schemas=schemas,
-            to=to,
-            run_id=context.run.run_id,
-            on_step=_step_logger(context),
-        )
+        log = StepLog(context)
+        try:
+            return engine.upgrade(
+                self.project(),
+                environment,
+                schemas=schemas,
+                to=to,
+                run_id=context.run.run_id,
+                on_step=log,
+            )
+        finally:
+            log.flush()
 
     def downgrade(
         self,
@@ -58,15 +71,19 @@ class MigrationResource(dg.ConfigurableResource):
         to: str,
         allow_data_loss: bool = False,
     ) -> engine.RunResult:
-        return engine.downgrade(
-            self.project(),
-            environment,
-            schemas=[schema],
-            to=to,
-            allow_data_loss=allow_data_loss,
-            run_id=context.run.run_id,
-            on_step=_step_logger(context),
-        )
+        log = StepLog(context)
+        try:
+            return engine.downgrade(
+                self.project(),
+                environment,
+                schemas=[schema],
+                to=to,
+                allow_data_loss=allow_data_loss,
+                run_id=context.run.run_id,
+                on_step=log,
+            )
+        finally:
+            log.flush()
 
     def history(self, environment: str, limit: int = 50) -> list[audit.AuditRow]:
         return engine.history(self.project(), environment, limit=limit)
@@ -83,18 +100,34 @@ class MigrationResource(dg.ConfigurableResource):
         )
 
 
-def _step_logger(
-    context: dg.OpExecutionContext | dg.AssetExecutionContext,
-) -> Callable[[audit.AuditRow], None]:
-    def log(row: audit.AuditRow) -> None:
+class StepLog:
+    """Each step's line in the run's log, grouped: one Dagster event per second at most
+    (each is a write to the event log: per step, they cost more than the steps), and a
+    failed step at once. Call ``flush`` when the run of steps ends."""
+
+    interval_seconds = 1.0
+
+    def __init__(self, context: dg.OpExecutionContext | dg.AssetExecutionContext):
+        self.context = context
+        self.lines: list[str] = []
+        self.last = time.monotonic()
+
+    def __call__(self, row: audit.AuditRow) -> None:
         line = (
             f"{row.environment}/{row.schema_name} {row.operation} "
             f"{row.prev_alembic_version or 'base'} -> {row.alembic_version or 'base'} "
             f"{row.message or ''} ({row.duration_ms:.0f} ms)"
         )
-        if row.success:
-            context.log.info(line)
-        else:
-            context.log.error(f"{line}: {row.error}")
+        if not row.success:
+            self.flush()
+            self.context.log.error(f"{line}: {row.error}")
+            return
+        self.lines.append(line)
+        if time.monotonic() - self.last >= self.interval_seconds:
+            self.flush()
 
-    return log
+    def flush(self) -> None:
+        if self.lines:
+            self.context.log.info("\n".join(self.lines))
+            self.lines = []
+        self.last = time.monotonic()
