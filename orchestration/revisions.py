@@ -109,12 +109,10 @@ class MigrationProject:
 
     @staticmethod
     def _read(dirs: list[Path]) -> list[scan.RevisionFile]:
-        files = []
-        for schema, path, _ in scan.list_files(dirs):
-            revision_file = scan.read_revision_file(schema, path)
-            if revision_file.error:
-                raise ConfigurationError(f"revision file {path}: {revision_file.error}")
-            files.append(revision_file)
+        files = scan.read_revision_files(dirs)
+        for f in files:
+            if f.error:
+                raise ConfigurationError(f"revision file {f.path}: {f.error}")
         return files
 
     def _check_links(self, revision: Revision, labels: dict[str, str]) -> None:

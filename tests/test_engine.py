@@ -285,3 +285,32 @@ def test_a_long_chain_in_shuffled_file_order_is_read_base_first(workspace: Works
     ecommerce = [r.revision for r in project.revisions("ecommerce")]
     assert ecommerce == ECOMMERCE_CHAIN + chain
     assert project.head("ecommerce") == chain[-1]
+
+
+def test_revision_readings_are_cached_by_content_like_bytecode(workspace: Workspace, monkeypatch):
+    import json
+    import sys
+
+    from orchestration import scan
+
+    cache = workspace.versions / "ecommerce" / "__pycache__" / scan.CACHE_NAME
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)
+    first = workspace.project().revisions("ecommerce")[0]
+    assert not cache.exists()  # PYTHONDONTWRITEBYTECODE: no cache written, as for .pyc
+
+    monkeypatch.setattr(sys, "dont_write_bytecode", False)
+    workspace.project()
+    content = json.loads(cache.read_text())
+    assert first.checksum in content["readings"]
+
+    # Readings are found by the checksum of the file's bytes: a changed reading in the
+    # cache shows (the file was not parsed again)...
+    content["readings"][first.checksum]["message"] = "read from the cache"
+    cache.write_text(json.dumps(content))
+    assert workspace.project().revision(first.revision).message == "read from the cache"
+    # ...and an edited file has another checksum: parsed again, never a stale reading.
+    first.path.write_text(first.path.read_text().replace(first.message, "edited message", 1))
+    assert workspace.project().revision(first.revision).message == "edited message"
+    # A cache that is not ours, or broken, is ignored.
+    cache.write_text("{not json")
+    assert workspace.project().revision(first.revision).message == "edited message"
