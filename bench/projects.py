@@ -6,6 +6,7 @@ run by `migrate`, and as `alembic init` makes it (generic template), run by plai
 
 from __future__ import annotations
 
+import contextlib
 import io
 import shutil
 from pathlib import Path
@@ -64,9 +65,8 @@ def _vanilla(root: Path) -> Path:
     from alembic.config import Config
 
     ini = root / "alembic.ini"
-    command.init(
-        Config(str(ini), stdout=io.StringIO()), str(root / "migrations"), template="generic"
-    )
+    with contextlib.redirect_stdout(io.StringIO()):  # its "Generating ..." lines
+        command.init(Config(str(ini)), str(root / "migrations"), template="generic")
     env = root / "migrations" / "env.py"
     text = env.read_text()
     for old, new in (

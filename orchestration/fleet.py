@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 
 import sqlalchemy as sa
@@ -78,3 +82,59 @@ def migrate_target(
     return TargetOutcome(
         database, DONE if result.steps else UP_TO_DATE, len(result.steps), None, ids
     )
+
+
+# --- many targets at once: a pool of worker processes ------------------------------------
+# Alembic is not thread-safe within a process: targets run in processes, each worker
+# reading the project once and then migrating one target after another.
+
+_worker_project: MigrationProject | None = None
+
+
+def _start_worker(alembic_ini: str) -> None:
+    global _worker_project
+    from orchestration.settings import load_settings
+
+    _worker_project = MigrationProject(load_settings(alembic_ini))
+
+
+def _migrate_in_worker(environment: str, database: str, run_id: str | None) -> TargetOutcome:
+    assert _worker_project is not None, "the pool's initializer reads the project"
+    return migrate_target(_worker_project, environment, database, run_id=run_id)
+
+
+def migrate_targets(
+    project: MigrationProject,
+    environment: str,
+    databases: list[str],
+    *,
+    processes: int = 0,
+    run_id: str | None = None,
+) -> Iterator[TargetOutcome]:
+    """Migrate ``databases`` over ``processes`` worker processes (0: one per core), and
+    yield each outcome as it ends, in the order they end."""
+    if not databases:
+        return
+    workers = min(processes or os.cpu_count() or 1, len(databases))
+    if workers == 1:  # no process to start: the caller's process does the work
+        for database in databases:
+            yield migrate_target(project, environment, database, run_id=run_id)
+        return
+    # spawn: workers start from a clean interpreter, not a copy of the caller's state (its
+    # threads, its open connections, e.g. Dagster's own storage).
+    pool = ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_start_worker,
+        initargs=(str(project.settings.alembic_ini),),
+    )
+    with pool:
+        pending = {
+            pool.submit(_migrate_in_worker, environment, database, run_id): database
+            for database in databases
+        }
+        for future in as_completed(pending):
+            try:
+                yield future.result()
+            except Exception as exc:  # a worker that died (killed, out of memory)
+                yield TargetOutcome(pending[future], FAILED, error=f"worker process: {exc!r}")
