@@ -130,3 +130,16 @@ def test_batches_one_step_by_default_or_n_targets_per_step():
     assert batches(names, 1) == [[n] for n in names]
     assert batches(names, 10) == [names[:10], names[10:20], names[20:]]
     assert batches([], 0) == []
+
+
+def test_fleet_steps_run_in_process_unless_run_config_picks_multiprocess(workspace: Workspace):
+    from dagster._core.system_config.objects import ResolvedRunConfig
+
+    job = build_definitions(str(workspace.ini)).resolve_job_def("fleet_dev")
+    ops = {"ops": {"fleet_targets_dev": {"config": {"processes": 3, "targets_per_step": 5}}}}
+    default = ResolvedRunConfig.build(job, ops).execution.execution_engine_config
+    assert set(default) == {"in_process"}
+    chosen = {**ops, "execution": {"config": {"multiprocess": {}}}}
+    assert set(ResolvedRunConfig.build(job, chosen).execution.execution_engine_config) == {
+        "multiprocess"
+    }

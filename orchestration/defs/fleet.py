@@ -20,8 +20,8 @@ class FleetConfig(dg.Config):
     )
     targets_per_step: int = Field(
         default=0,
-        description="targets per step; 0: all in one step. With the multiprocess or "
-        "Kubernetes executor, steps run in processes or pods of their own.",
+        description="targets per step; 0: all in one step. With the multiprocess "
+        "executor (execution: config: multiprocess), steps run in processes of their own.",
     )
 
 
@@ -126,7 +126,7 @@ def build_fleet_job(env: EnvironmentSettings) -> dg.JobDefinition:
         "parallel processes; one failing target does not stop the others.",
         # Steps in the run's process by default: the pool in each step gives the
         # parallelism, without Dagster's ~1.5 s process start per step. The multiprocess
-        # executor (or Kubernetes') stays one choice away, with targets_per_step.
+        # executor stays one choice of run config away, with targets_per_step.
         executor_def=dg.multi_or_in_process_executor,
         config={"execution": {"config": {"in_process": {}}}},
     )
