@@ -254,11 +254,11 @@ def in_process_upgrade(
     return ours, plain
 
 
+# The code location as Dagster loads it: the module's `defs`, for the alembic.ini of the
+# working directory (the bench project's).
 DAGSTER_JOB = r"""
-import sys
 import dagster as dg
-from orchestration.definitions import build_definitions
-defs = build_definitions(sys.argv[1])
+from orchestration.definitions import defs
 with dg.DagsterInstance.ephemeral() as instance:
     result = defs.resolve_job_def("migrate").execute_in_process(instance=instance)
 assert result.success
@@ -270,9 +270,7 @@ def dagster_job(dbs: Databases, ours_ini: Path, times: int) -> tuple[Sample, Sam
         url = dbs.fresh()
         try:
             env = {**base_env(), "DEV_DATABASE_URL": as_text(url)}
-            return run_process(
-                [sys.executable, "-c", DAGSTER_JOB, str(ours_ini)], env, cwd=ours_ini.parent
-            )
+            return run_process([sys.executable, "-c", DAGSTER_JOB], env, cwd=ours_ini.parent)
         finally:
             dbs.drop(url)
 
