@@ -193,7 +193,9 @@ class StepRecorder:
         its audit row with Alembic's version-table statement, in the same round trip.
 
         The row's INSERT rides along as a CTE of that statement, so it commits or rolls
-        back with the step, at no extra round trip per step (~0.4 ms each, measured).
+        back with the step, and costs no round trip of its own: on loopback that saves
+        little (~0.1 ms a step, the insert itself costs the server ~0.2 ms), across a
+        network a whole round trip per revision.
         """
         if self.current is None:
             return statement, parameters
