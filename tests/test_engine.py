@@ -314,3 +314,10 @@ def test_revision_readings_are_cached_by_content_like_bytecode(workspace: Worksp
     # A cache that is not ours, or broken, is ignored.
     cache.write_text("{not json")
     assert workspace.project().revision(first.revision).message == "edited message"
+
+
+def test_the_audit_row_writes_every_column_the_server_does_not_fill():
+    from orchestration import audit
+
+    columns = {c.name for c in audit.audit_table("public").columns}
+    assert set(audit._STORED) == columns - {"id", "changed_at"}
