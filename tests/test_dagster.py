@@ -138,6 +138,16 @@ def test_migrate_job_runs_with_no_config(defs, instance, workspace):
     latest = instance.event_log_storage.get_latest_asset_check_execution_by_key([check_key])
     assert latest[check_key].run_id == result.run_id
     assert latest[check_key].status.value == "SUCCEEDED"
+    # every step has its line in the run's log, grouped: an event-log write per step
+    # would cost more than the steps (at most one event a second while steps run)
+    step_logs = [
+        e.user_message
+        for e in instance.all_logs(result.run_id)
+        if e.step_key == "upgrade" and e.dagster_event is None
+    ]
+    lines = [line for message in step_logs for line in message.splitlines()]
+    assert [line.split()[4] for line in lines] == [r.alembic_version for r in rows[:7]]
+    assert len(step_logs) < len(lines)
 
 
 def test_rollback_job_writes_rollback_rows(defs, instance, workspace):

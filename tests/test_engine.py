@@ -321,3 +321,30 @@ def test_the_audit_row_writes_every_column_the_server_does_not_fill():
 
     columns = {c.name for c in audit.audit_table("public").columns}
     assert set(audit._STORED) == columns - {"id", "changed_at"}
+
+
+def test_each_audit_row_rides_in_the_version_update_no_round_trip_of_its_own(
+    workspace: Workspace,
+):
+    import sqlalchemy as sa
+
+    statements: list[str] = []
+
+    def seen(conn, cursor, statement, *args):
+        statements.append(" ".join(statement.split()))
+
+    sa.event.listen(sa.engine.Engine, "before_cursor_execute", seen)
+    try:
+        result = engine.upgrade(workspace.project(), "dev")
+    finally:
+        sa.event.remove(sa.engine.Engine, "before_cursor_execute", seen)
+
+    assert result.ok and len(result.steps) == 7
+    carried = [s for s in statements if s.startswith("WITH migrate_audit_row AS (INSERT")]
+    # The first revision of each schema (2 here) inserts its version row with SQLAlchemy's
+    # own RETURNING: its audit row is an INSERT of its own. Every other step: one statement.
+    assert len(carried) == 5
+    assert all(" UPDATE alembic_version SET version_num=" in s for s in carried)
+    ids = [row.id for row in result.steps]
+    assert None not in ids and len(set(ids)) == 7
+    assert [r.id for r in workspace.audit()] == sorted(ids)
