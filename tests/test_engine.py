@@ -348,3 +348,19 @@ def test_each_audit_row_rides_in_the_version_update_no_round_trip_of_its_own(
     ids = [row.id for row in result.steps]
     assert None not in ids and len(set(ids)) == 7
     assert [r.id for r in workspace.audit()] == sorted(ids)
+
+
+def test_an_audit_schema_of_its_own_gets_every_row(workspace: Workspace):
+    toml = workspace.root / "migrate.toml"
+    toml.write_text(toml.read_text().replace('schema = "public"', 'schema = "migration_audit"'))
+    project = workspace.project()
+
+    result = engine.upgrade(project, "dev")
+    (check,) = engine.verify(project, "dev", ["ecommerce"])
+
+    assert result.ok and check.ok, (result.error, check.findings)
+    rows = workspace.rows(
+        "SELECT id, operation, alembic_version FROM migration_audit.alembic_version_history"
+    )
+    assert sorted(r.id for r in rows) == sorted([s.id for s in result.steps] + [check.audit_id])
+    assert workspace.audit() == []  # nothing in public
