@@ -122,6 +122,9 @@ def test_downgrade_to_a_revision_takes_dependents_down_first(workspace: Workspac
     assert reverted.index(ANALYTICS_HEAD) < reverted.index("fac149d9b774")
     assert set(reverted) == {ECOMMERCE_HEAD, "fac149d9b774", *ANALYTICS_CHAIN}
     assert all(r.success for r in rollbacks)
+    # each row's id came back with the version statement it rode in (UPDATE, or the
+    # DELETE of a schema's last revision)
+    assert sorted(r.id for r in rollbacks) == sorted(s.id for s in result.steps)
     status = {s.schema: s for s in engine.status(project, "dev")}
     assert status["ecommerce"].current == "da35ac5b8dce"
     assert status["analytics"].current is None
