@@ -5,7 +5,8 @@ from __future__ import annotations
 import multiprocessing
 import os
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 
 import sqlalchemy as sa
@@ -128,13 +129,34 @@ def migrate_targets(
         initializer=_start_worker,
         initargs=(str(project.settings.alembic_ini),),
     )
-    with pool:
-        pending = {
-            pool.submit(_migrate_in_worker, environment, database, run_id): database
-            for database in databases
-        }
-        for future in as_completed(pending):
-            try:
-                yield future.result()
-            except Exception as exc:  # a worker that died (killed, out of memory)
-                yield TargetOutcome(pending[future], FAILED, error=f"worker process: {exc!r}")
+    queued = iter(databases)
+    running: dict[Future[TargetOutcome], str] = {}
+
+    def start_next() -> None:
+        database = next(queued, None)
+        if database is not None:
+            running[pool.submit(_migrate_in_worker, environment, database, run_id)] = database
+
+    try:
+        # One target in flight per worker, the next handed out as one ends: stopped early
+        # (a terminated run, the caller gone), the targets running finish and no other
+        # begins. Submitting all at once would queue them past any stop.
+        for _ in range(workers):
+            start_next()
+        while running:
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                database = running.pop(future)
+                try:
+                    outcome = future.result()
+                except BrokenProcessPool:  # a worker died (killed, out of memory)
+                    yield TargetOutcome(database, FAILED, error="its worker process died")
+                    continue  # the pool died with it: start nothing more
+                except Exception as exc:  # a bug: reported for this target, the others go on
+                    outcome = TargetOutcome(database, FAILED, error=f"{exc!r}")
+                start_next()
+                yield outcome
+        for database in queued:  # left when the pool died
+            yield TargetOutcome(database, FAILED, error="not started: a worker process died")
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)

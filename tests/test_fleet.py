@@ -143,3 +143,54 @@ def test_fleet_steps_run_in_process_unless_run_config_picks_multiprocess(workspa
     assert set(ResolvedRunConfig.build(job, chosen).execution.execution_engine_config) == {
         "multiprocess"
     }
+
+
+def test_the_pool_runs_every_target_and_stopping_it_starts_no_new_one(
+    workspace: Workspace, databases
+):
+    project = workspace.project()
+    urls = [databases.create("pool") for _ in range(8)]
+    names = [u.database for u in urls]
+
+    outcomes = list(fleet.migrate_targets(project, "dev", names[:3], processes=2))
+    assert sorted(o.database for o in outcomes) == sorted(names[:3])
+    assert {(o.status, o.steps) for o in outcomes} == {(fleet.DONE, 7)}
+
+    # A run terminated while the pool works: the caller stops reading outcomes.
+    rest = fleet.migrate_targets(project, "dev", names[3:], processes=2)
+    first = next(rest)
+    rest.close()
+    assert first.status == fleet.DONE
+    untouched = [u for u in urls[3:] if not _heads(u)]
+    assert untouched, "every target ran: the pool went on after it was stopped"
+    for url in urls[3:]:  # and each one that ran, ran to its end
+        assert _heads(url) in (set(), {ECOMMERCE_HEAD, ANALYTICS_HEAD}), url.database
+
+
+def test_a_worker_that_dies_fails_its_target_and_every_target_gets_an_outcome(
+    workspace: Workspace, databases
+):
+    from conftest import revision_file
+
+    urls = [databases.create("die") for _ in range(4)]
+    killer = urls[1].database
+    workspace.add_revision(
+        "ecommerce",
+        "2024_05_01_0900-de4d00000001_exit.py",
+        revision_file(
+            "de4d00000001",
+            ECOMMERCE_HEAD,
+            f"    import os\n    if op.get_bind().engine.url.database == {killer!r}:\n"
+            "        os._exit(1)  # the worker process dies mid-revision",
+        ),
+    )
+
+    outcomes = list(
+        fleet.migrate_targets(workspace.project(), "dev", [u.database for u in urls], processes=2)
+    )
+
+    assert sorted(o.database for o in outcomes) == sorted(u.database for u in urls)
+    (died,) = [o for o in outcomes if o.database == killer]
+    assert died.status == fleet.FAILED and "worker process died" in died.error
+    # its database stopped at a revision boundary: the revision that killed it is not there
+    assert "de4d00000001" not in _heads(urls[1])
