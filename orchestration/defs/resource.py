@@ -50,8 +50,7 @@ class MigrationResource(dg.ConfigurableResource):
         to: str | None = None,
     ) -> engine.RunResult:
         """Upgrade, logging each step as it ends; each step's row carries the SQL it ran."""
-        log = StepLog(context)
-        try:
+        with StepLog(context) as log:
             return engine.upgrade(
                 self.project(),
                 environment,
@@ -60,8 +59,6 @@ class MigrationResource(dg.ConfigurableResource):
                 run_id=context.run.run_id,
                 on_step=log,
             )
-        finally:
-            log.flush()
 
     def downgrade(
         self,
@@ -71,8 +68,7 @@ class MigrationResource(dg.ConfigurableResource):
         to: str,
         allow_data_loss: bool = False,
     ) -> engine.RunResult:
-        log = StepLog(context)
-        try:
+        with StepLog(context) as log:
             return engine.downgrade(
                 self.project(),
                 environment,
@@ -82,8 +78,6 @@ class MigrationResource(dg.ConfigurableResource):
                 run_id=context.run.run_id,
                 on_step=log,
             )
-        finally:
-            log.flush()
 
     def history(self, environment: str, limit: int = 50) -> list[audit.AuditRow]:
         return engine.history(self.project(), environment, limit=limit)
@@ -103,7 +97,7 @@ class MigrationResource(dg.ConfigurableResource):
 class StepLog:
     """Each step's line in the run's log, grouped: one Dagster event per second at most
     (each is a write to the event log: per step, they cost more than the steps), and a
-    failed step at once. Call ``flush`` when the run of steps ends."""
+    failed step at once. Leaving the ``with`` block logs what is left."""
 
     interval_seconds = 1.0
 
@@ -125,6 +119,12 @@ class StepLog:
         self.lines.append(line)
         if time.monotonic() - self.last >= self.interval_seconds:
             self.flush()
+
+    def __enter__(self) -> StepLog:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.flush()
 
     def flush(self) -> None:
         if self.lines:
