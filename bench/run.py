@@ -1,6 +1,6 @@
 """Benchmarks of the pipeline against plain Alembic and raw psql. Prints a table.
 
-    .venv/bin/python bench/run.py [--repeat 5] [--quick]
+    .venv/bin/python bench/run.py [--repeat 7] [--quick]
 
 Each case runs several times on fresh databases of one PostgreSQL ($TEST_DATABASE_URL,
 else 127.0.0.1:5432, else an embedded server) and reports the median and min-max; the
@@ -422,7 +422,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--repeat", type=int, default=5, help="runs per case (default 5)")
+    parser.add_argument("--repeat", type=int, default=7, help="runs per case (default 7)")
     parser.add_argument("--quick", action="store_true", help="N=50 instead of 200, 3 runs")
     args = parser.parse_args()
     times = 3 if args.quick else args.repeat
