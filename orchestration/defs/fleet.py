@@ -15,11 +15,13 @@ from orchestration.settings import EnvironmentSettings
 class FleetConfig(dg.Config):
     processes: int = Field(
         default=0,
+        ge=0,
         description="worker processes that migrate targets at once, in each step; "
         "0: one per core of the machine",
     )
     targets_per_step: int = Field(
         default=0,
+        ge=0,
         description="targets per step; 0: all in one step. With the multiprocess "
         "executor (execution: config: multiprocess), steps run in processes of their own.",
     )
