@@ -4,6 +4,7 @@ broken file is reported as a value instead of breaking whoever reads it."""
 from __future__ import annotations
 
 import ast
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -120,6 +121,7 @@ CACHE_NAME = "migrate-scan.json"
 # key drops every entry when RevisionFile changes shape.
 _FIELDS = tuple(f.name for f in dataclasses.fields(RevisionFile))
 _FORMAT = "1:" + ",".join(_FIELDS)
+_TUPLES = ("down_revisions", "depends_on", "branch_labels")  # JSON keeps them as lists
 
 
 def read_revision_files(dirs: list[Path]) -> list[RevisionFile]:
@@ -169,21 +171,22 @@ def _load_cache(path: str) -> dict[str, dict]:
     }
 
 
-_TUPLES = ("down_revisions", "depends_on", "branch_labels")
-
-
 def _save_cache(path: str, readings: dict[str, dict]) -> None:
     """Atomically (write, then rename), and silently: a read-only tree just has no cache."""
+    folder = os.path.dirname(path)
     try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        folder = os.path.dirname(path)
+        os.makedirs(folder, exist_ok=True)
         handle, temporary = tempfile.mkstemp(dir=folder, suffix=".tmp")
+    except OSError:
+        return
+    try:
         os.chmod(temporary, stat.S_IMODE(os.stat(folder).st_mode) & 0o666)  # as its folder
         with os.fdopen(handle, "w", encoding="utf-8") as out:
             json.dump({"format": _FORMAT, "readings": readings}, out)
         os.replace(temporary, path)
     except OSError:
-        pass
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
 
 
 def schema_dependencies(files: list[RevisionFile]) -> dict[str, set[str]]:
