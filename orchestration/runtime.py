@@ -279,11 +279,14 @@ class StepRecorder:
         script = info.up_revision  # the revision applied (upgrade) or reverted (downgrade)
         assert script is not None
         revision = self._revision(script)  # type: ignore[arg-type]
-        down = ",".join(revision.down_revisions) or None
         if info.is_stamp:
             operation = audit.STAMP
+            # A stamp moves between what the table held and what it names, which need not
+            # be neighbours (stamp head on an empty table, stamp base).
+            down = ",".join(info.down_revision_ids) or None
         else:
             operation = audit.MIGRATION if info.is_upgrade else audit.ROLLBACK
+            down = ",".join(revision.down_revisions) or None
         new, prev = (revision.revision, down) if info.is_upgrade else (down, revision.revision)
         return audit.AuditRow(
             operation=operation,

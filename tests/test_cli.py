@@ -214,3 +214,28 @@ def test_audit_plot_draws_the_history_as_a_timeline(workspace: Workspace, capsys
     lanes = {t.text for t in svg.iter("{http://www.w3.org/2000/svg}text")}
     assert {"ecommerce", "analytics"} <= lanes
     assert "alembic_version_history in dev" in out  # the table is still printed
+
+
+def test_alembic_stamp_is_audited_with_where_the_table_was_and_is(workspace: Workspace):
+    assert workspace.run("alembic", "stamp", "heads").returncode == 0
+    assert workspace.run("alembic", "stamp", "base").returncode == 0
+
+    rows = [
+        (
+            r.operation,
+            r.operation_direction,
+            r.schema_name,
+            r.prev_alembic_version,
+            r.alembic_version,
+        )
+        for r in workspace.audit()
+    ]
+    assert sorted(rows[:2]) == [
+        ("stamp", "upgrade", "analytics", None, ANALYTICS_HEAD),
+        ("stamp", "upgrade", "ecommerce", None, ECOMMERCE_HEAD),
+    ]
+    assert sorted(rows[2:]) == [
+        ("stamp", "downgrade", "analytics", ANALYTICS_HEAD, None),
+        ("stamp", "downgrade", "ecommerce", ECOMMERCE_HEAD, None),
+    ]
+    assert workspace.version_heads() == set()
