@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from orchestration import engine
 from orchestration.errors import ConfigurationError, MigrationError
 from orchestration.revisions import MigrationProject
-from orchestration.settings import check_identifier
+from orchestration.settings import check_identifier, load_settings
 
 DONE, UP_TO_DATE, FAILED = "done", "up to date", "failed"
 
@@ -94,8 +94,6 @@ _worker_project: MigrationProject | None = None
 
 def _start_worker(alembic_ini: str) -> None:
     global _worker_project
-    from orchestration.settings import load_settings
-
     _worker_project = MigrationProject(load_settings(alembic_ini))
 
 

@@ -385,12 +385,9 @@ def _run_online(
         # runs is what lets a failed one be audited too.
         assert migration_context._migrations_fn is not None
         migration_context._migrations_fn = recorder.track(migration_context._migrations_fn)
-        hooks = {
-            "before_cursor_execute": recorder.before_cursor_execute,
-            "after_cursor_execute": recorder.after_cursor_execute,
-        }
-        for name, hook in hooks.items():
-            sa.event.listen(connection, name, hook, retval=name == "before_cursor_execute")
+        before, after = recorder.before_cursor_execute, recorder.after_cursor_execute
+        sa.event.listen(connection, "before_cursor_execute", before, retval=True)
+        sa.event.listen(connection, "after_cursor_execute", after)
         try:
             with context.begin_transaction():
                 context.run_migrations()
@@ -399,8 +396,8 @@ def _run_online(
             save_snapshots(connection, settings, recorder.rows)
             raise
         finally:
-            for name, hook in hooks.items():
-                sa.event.remove(connection, name, hook)
+            sa.event.remove(connection, "before_cursor_execute", before)
+            sa.event.remove(connection, "after_cursor_execute", after)
         save_snapshots(connection, settings, recorder.rows)
 
 
