@@ -279,16 +279,32 @@ def test_environment_sync_schedule(defs, instance):
 def test_environment_sync_job_upgrades_auto_environments_and_verifies_prod(
     defs, instance, workspace
 ):
-    result = defs.resolve_job_def("environment_sync").execute_in_process(
-        instance=instance, raise_on_error=False
-    )
+    job = defs.resolve_job_def("environment_sync")
+    job.execute_in_process(instance=instance, raise_on_error=False)
     assert workspace.version_heads("dev") == {ECOMMERCE_HEAD, ANALYTICS_HEAD}
     assert workspace.version_heads("staging") == {ECOMMERCE_HEAD, ANALYTICS_HEAD}
     assert workspace.version_heads("prod") == set()  # manual: verified, never upgraded
-    prod_verify = [r for r in workspace.audit("prod") if r.operation == "verify"]
+
+    # staging is now at head and verified: prod, still at base, is behind its promotion
+    # target, and its verify says so (the audit row too)
+    second = job.execute_in_process(instance=instance, raise_on_error=False)
+    assert not second.success  # prod is behind: its verify fails, visibly
+    prod_verify = [
+        r for r in workspace.audit("prod") if r.operation == "verify" and r.run_id == second.run_id
+    ]
     assert {r.schema_name for r in prod_verify} == {"ecommerce", "analytics"}
     assert not any(r.success for r in prod_verify)
-    assert not result.success  # prod is behind: its verify fails, visibly
+    evaluation = next(
+        e.asset_check_evaluation_data
+        for e in second.all_events
+        if e.event_type_value == "ASSET_CHECK_EVALUATION"
+        and e.asset_check_evaluation_data.asset_key == _key("prod", "ecommerce")
+    )
+    assert not evaluation.passed
+    assert f"behind {ECOMMERCE_HEAD}, where staging is and verified it" in (
+        evaluation.description or ""
+    )
+    assert workspace.version_heads("prod") == set()
 
 
 # --- declarative automation: promote = "auto" --------------------------------------------

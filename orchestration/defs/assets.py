@@ -22,14 +22,20 @@ def build_schema_asset(
     def _upgrade_schema(
         context: dg.AssetExecutionContext, migrations: MigrationResource
     ) -> dg.MaterializeResult:
+        # Promotion carries what was verified, never more: head in the first environment,
+        # else the revision the environment before is at and verified (logged, and in the
+        # metadata: promoted_to, reason).
         with metadata.clear_errors():
-            result = migrations.upgrade(context, env.name, [schema.schema])
+            result, (promoted,) = migrations.promote(context, env.name, [schema.schema])
         if not result.ok:
             raise metadata.failure(env.name, result)
         status = engine.status(migrations.project(), env.name, [schema.schema])[0]
         return dg.MaterializeResult(
             asset_key=spec.key,
-            metadata=metadata.run_metadata(env.name, schema.schema, result.steps, status),
+            metadata={
+                **metadata.run_metadata(env.name, schema.schema, result.steps, status),
+                **metadata.promotion_metadata(promoted),
+            },
         )
 
     return _upgrade_schema
@@ -45,7 +51,9 @@ def build_verify_check(
         name="verify",  # contract
         blocking=True,
         description=(
-            f"{schema.schema} in {env.name} is at its head, every applied revision file is "
+            f"{schema.schema} in {env.name} is where promotion takes it (the first "
+            "environment: head; the others: the revision the environment before is at and "
+            "verified), every applied revision file is "
             "unchanged since it was applied, the live catalog matches the snapshot taken when "
             "it was migrated (no drift, no INVALID index), and revision verify() hooks pass. "
             "Blocking: a failure stops the environments after this one in the same run."
@@ -56,7 +64,7 @@ def build_verify_check(
         context: dg.AssetCheckExecutionContext, migrations: MigrationResource
     ) -> dg.AssetCheckResult:
         with metadata.clear_errors():
-            (result,) = migrations.verify(context, env.name, [schema.schema])
+            (result,) = migrations.verify_promoted(context, env.name, [schema.schema])
         return dg.AssetCheckResult(
             passed=result.ok,
             severity=dg.AssetCheckSeverity.ERROR,

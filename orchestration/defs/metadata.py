@@ -7,7 +7,7 @@ from contextlib import contextmanager
 
 import dagster as dg
 
-from orchestration import audit, engine
+from orchestration import audit, engine, promotion
 from orchestration.errors import ConfigurationError, MigrationError
 
 _STEP_COLUMNS = dg.TableSchema(
@@ -57,7 +57,10 @@ def run_metadata(
         "environment": dg.MetadataValue.text(environment),
         "revisions_applied": steps_table(mine),
         "steps": dg.MetadataValue.int(len(mine)),
-        "duration_ms": dg.MetadataValue.float(round(sum(r.duration_ms or 0 for r in mine), 3)),
+        # float(): a sum over no steps is int 0, which MetadataValue.float refuses
+        "duration_ms": dg.MetadataValue.float(
+            round(float(sum(r.duration_ms or 0.0 for r in mine)), 3)
+        ),
         "audit_row_ids": dg.MetadataValue.text(", ".join(str(r.id) for r in mine) or "none"),
         "audit_table": dg.MetadataValue.text(
             f"alembic_version_history in the {environment} database"
@@ -72,9 +75,18 @@ def run_metadata(
         if r.success
     ]
     metadata["sql"] = dg.MetadataValue.md(
-        "```sql\n" + "\n\n".join(ran) + "\n```" if ran else "Already at head: no SQL ran."
+        "```sql\n" + "\n\n".join(ran) + "\n```" if ran else "Nothing to do: no SQL ran."
     )
     return metadata
+
+
+def promotion_metadata(p: promotion.Promotion) -> dict[str, dg.MetadataValue]:
+    """What promotion decided for a schema asset: where it went (or why it stayed)."""
+    return {
+        "promoted_to": dg.MetadataValue.text(p.upgrade_to or "nothing to do"),
+        "promotion_target": dg.MetadataValue.text(p.target or "none"),
+        "reason": dg.MetadataValue.text(p.reason),
+    }
 
 
 def verify_metadata(result: engine.VerifyResult) -> dict[str, dg.MetadataValue]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
-from orchestration import audit, engine
+from orchestration import audit, engine, promotion
 from orchestration.revisions import MigrationProject
 from orchestration.settings import ProjectSettings, load_settings
 
@@ -60,6 +60,24 @@ class MigrationResource(dg.ConfigurableResource):
                 on_step=log,
             )
 
+    def promote(
+        self,
+        context: dg.OpExecutionContext | dg.AssetExecutionContext,
+        environment: str,
+        schemas: list[str] | None,
+    ) -> tuple[engine.RunResult, list[promotion.Promotion]]:
+        """Upgrade as far as promotion allows: head in the first environment, else what the
+        environment before is at and verified. Logs each schema's decision, then each step."""
+        with StepLog(context) as log:
+            return promotion.upgrade(
+                self.project(),
+                environment,
+                schemas,
+                run_id=context.run.run_id,
+                on_step=log,
+                on_plan=lambda p: context.log.info(p.reason),
+            )
+
     def downgrade(
         self,
         context: dg.OpExecutionContext,
@@ -92,6 +110,35 @@ class MigrationResource(dg.ConfigurableResource):
         return engine.verify(
             self.project(), environment, schemas, expect_head=expect_head, run_id=context.run.run_id
         )
+
+    def verify_promoted(
+        self,
+        context: dg.OpExecutionContext | dg.AssetCheckExecutionContext,
+        environment: str,
+        schemas: list[str] | None,
+    ) -> list[engine.VerifyResult]:
+        """verify, expecting head in the first environment and the promotion target in the
+        others: a staging that stopped where dev verified is not failing because a newer
+        file exists."""
+        project = self.project()
+        if project.settings.environment_names[0] == environment:
+            return self.verify(context, environment, schemas)
+        plans = promotion.plan(project, environment, schemas)
+        results = []
+        # Behind its target, a schema is behind its head too: verify then expects head, so
+        # that its audit row records the failure; at or past the target, it does not.
+        for behind in (True, False):
+            selected = [p.schema for p in plans if p.behind_target == behind]
+            if selected:
+                results += self.verify(context, environment, selected, expect_head=behind)
+        by_schema = {p.schema: p for p in plans}
+        for result in results:
+            finding = promotion.target_finding(by_schema[result.schema])
+            if finding is not None:  # says what is expected: the target, not the head
+                result.findings[:] = [f for f in result.findings if f.check != "at_head"]
+                result.findings.append(finding)
+        order = [p.schema for p in plans]
+        return sorted(results, key=lambda r: order.index(r.schema))
 
 
 class StepLog:
