@@ -119,8 +119,19 @@ _CTE = "migrate_audit_row"
 _PREFIX = "migrate_audit_"
 
 
+def printable(text: str) -> str:
+    """Text PostgreSQL can store and a terminal can show: NUL bytes and lone surrogates
+    (which a driver or a revision may put in an error) spelled out instead of failing."""
+    text = text.replace("\x00", "\\x00")
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _values(row: AuditRow, prefix: str = "") -> dict:
-    return {f"{prefix}{name}": getattr(row, name) for name in _STORED}
+    values = {}
+    for name in _STORED:
+        value = getattr(row, name)
+        values[f"{prefix}{name}"] = printable(value) if isinstance(value, str) else value
+    return values
 
 
 def insert_before(statement: str, parameters: dict, schema: str, row: AuditRow) -> tuple[str, dict]:

@@ -13,6 +13,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 
 SNAPSHOT_TABLE = "alembic_schema_snapshot"
+CATEGORIES = ("relations", "columns", "indexes", "constraints")
+Snapshot = dict[str, dict[str, str]]  # category -> name -> definition
 BASE = "base"
 # Our own bookkeeping tables are not part of any schema's expected shape.
 _OWN_TABLES = ("alembic_version", "alembic_version_history", SNAPSHOT_TABLE)
@@ -62,16 +64,16 @@ _KINDS = {
 }
 
 
-def snapshot(conn: sa.Connection, schema: str) -> dict[str, dict[str, str]]:
+def snapshot(conn: sa.Connection, schema: str) -> Snapshot:
     """The schema's relations, columns, indexes and constraints, as plain strings."""
     value = conn.scalar(sa.text(_SNAPSHOT), {"schema": schema, "own": list(_OWN_TABLES)})
     return json.loads(value) if isinstance(value, str) else dict(value)
 
 
-def diff(expected: dict[str, dict[str, str]], live: dict[str, dict[str, str]]) -> list[str]:
+def diff(expected: Snapshot, live: Snapshot) -> list[str]:
     """Human sentences for every difference between a snapshot and the live schema."""
     found = []
-    for category in ("relations", "columns", "indexes", "constraints"):
+    for category in CATEGORIES:
         want, have = expected.get(category, {}), live.get(category, {})
         noun = category.rstrip("s") if category != "indexes" else "index"
         for name in sorted(want.keys() - have.keys()):
@@ -84,6 +86,24 @@ def diff(expected: dict[str, dict[str, str]], live: dict[str, dict[str, str]]) -
                     f"{noun} {name} changed: expected {want[name]!r}, found {have[name]!r}"
                 )
     return found
+
+
+def carry(expected: Snapshot, before: Snapshot, after: Snapshot) -> Snapshot:
+    """The reference after a run: ``expected`` (the reference before it) changed exactly
+    where the run changed the live catalog (``before`` -> ``after``). Whatever differed by
+    hand before the run still differs afterwards: drift is never adopted by migrating."""
+    carried: Snapshot = {}
+    for category in CATEGORIES:
+        was, now = before.get(category, {}), after.get(category, {})
+        result = dict(expected.get(category, {}))
+        for name in was.keys() | now.keys():
+            if was.get(name) != now.get(name):
+                if name in now:
+                    result[name] = now[name]
+                else:
+                    result.pop(name, None)
+        carried[category] = result
+    return carried
 
 
 def invalid_indexes(conn: sa.Connection, schema: str) -> list[str]:
@@ -113,29 +133,38 @@ def create_sql(audit_schema: str) -> str:
     return str(CreateTable(table, if_not_exists=True).compile(dialect=postgresql.dialect()))
 
 
-def save(conn: sa.Connection, audit_schema: str, schema: str, revision: str | None) -> None:
-    """Snapshot ``schema`` as it is now, for ``revision``: one statement, done in the database."""
+def save(
+    conn: sa.Connection, audit_schema: str, schema: str, revision: str | None, expected: Snapshot
+) -> None:
+    """Store ``expected`` as the reference of ``schema`` at ``revision``."""
     conn.exec_driver_sql(create_sql(audit_schema))
     conn.execute(
         sa.text(
             f'INSERT INTO "{audit_schema}".{SNAPSHOT_TABLE} (schema_name, revision, snapshot) '
-            f"SELECT :schema, :revision, ({_SNAPSHOT}) "
+            "VALUES (:schema, :revision, CAST(:snapshot AS jsonb)) "
             "ON CONFLICT (schema_name, revision) DO UPDATE "
             "SET snapshot = EXCLUDED.snapshot, taken_at = now()"
         ),
-        {"schema": schema, "revision": revision or BASE, "own": list(_OWN_TABLES)},
+        {"schema": schema, "revision": revision or BASE, "snapshot": json.dumps(expected)},
     )
+
+
+def save_live(conn: sa.Connection, audit_schema: str, schema: str, revision: str | None) -> None:
+    """Store the live catalog of ``schema`` as its reference at ``revision`` (a baseline)."""
+    save(conn, audit_schema, schema, revision, snapshot(conn, schema))
 
 
 def load(
     conn: sa.Connection, audit_schema: str, schema: str, revision: str | None
-) -> dict[str, dict[str, str]] | None:
-    if not sa.inspect(conn).has_table(SNAPSHOT_TABLE, schema=audit_schema):
+) -> Snapshot | None:
+    """The reference stored for ``schema`` at ``revision``, None when there is none."""
+    where = f'"{audit_schema}".{SNAPSHOT_TABLE}'
+    if conn.scalar(sa.text("SELECT to_regclass(:t) IS NULL"), {"t": where}):
         return None
-    table = snapshot_table(audit_schema)
     value = conn.scalar(
-        sa.select(table.c.snapshot).where(
-            table.c.schema_name == schema, table.c.revision == (revision or BASE)
-        )
+        sa.text(f"SELECT snapshot FROM {where} WHERE schema_name = :schema AND revision = :rev"),
+        {"schema": schema, "rev": revision or BASE},
     )
-    return json.loads(value) if isinstance(value, str) else value
+    if value is None:
+        return None
+    return json.loads(value) if isinstance(value, str) else dict(value)

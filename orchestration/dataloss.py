@@ -1,27 +1,44 @@
-"""Which rows a downgrade would destroy: its SQL rendered offline, its DROPs counted live."""
+"""Which rows a downgrade would destroy: decided by rehearsing it, not by reading its SQL.
+
+The downgrade runs for real, step by step, inside one transaction that is then rolled
+back. Around each step the catalog is read (tables by oid with their file node, columns
+by number with their type, rows deleted so far in the transaction), so whatever removed
+data is seen, however it was written: lists in one DROP, several DROP COLUMNs in one
+ALTER, unqualified names under any search_path, CASCADE, DROP SCHEMA, TRUNCATE, DELETE,
+type changes that rewrite a column. After the rollback, the rows at risk are counted.
+
+Statements a revision runs in an autocommit block cannot run inside the rehearsal's
+transaction; they are skipped there, and any of them that may remove rows is reported
+as such (it cannot be counted).
+"""
 
 from __future__ import annotations
 
-import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 
-_NAME = r'(?:"[^"]+"|[A-Za-z_][A-Za-z0-9_$]*)'
-_QUALIFIED = rf"({_NAME})\.({_NAME})"
-_DROP_TABLE = re.compile(rf"DROP\s+TABLE\s+(?:IF\s+EXISTS\s+)?{_QUALIFIED}", re.IGNORECASE)
-_DROP_COLUMN = re.compile(
-    rf"ALTER\s+TABLE\s+(?:IF\s+EXISTS\s+)?(?:ONLY\s+)?{_QUALIFIED}\s+DROP\s+(?:COLUMN\s+)?"
-    rf"(?:IF\s+EXISTS\s+)?({_NAME})",
-    re.IGNORECASE,
-)
-_DROP_SCHEMA_CASCADE = re.compile(
-    rf"DROP\s+SCHEMA\s+(?:IF\s+EXISTS\s+)?({_NAME})\s+CASCADE", re.IGNORECASE
-)
+from orchestration import sqltext
 
-
-def _unquote(name: str) -> str:
-    return name[1:-1] if name.startswith('"') else name.lower()
+# Tables (plain and partitioned) outside the system schemas, with their columns and the
+# rows this transaction deleted from them so far.
+_STATE = """
+SELECT c.oid::bigint, n.nspname, c.relname, c.relfilenode::bigint,
+       COALESCE(x.n_tup_del, 0)::bigint,
+       COALESCE((SELECT json_agg(json_build_array(a.attnum, a.attname,
+                                                  format_type(a.atttypid, a.atttypmod)))
+                   FROM pg_attribute a
+                  WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped), '[]')
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+  LEFT JOIN pg_stat_xact_user_tables x ON x.relid = c.oid
+ WHERE c.relkind IN ('r', 'p') AND n.nspname <> 'information_schema'
+   AND n.nspname NOT LIKE 'pg\\_%'
+"""
+# The project's own bookkeeping changes on every downgrade by design.
+_OWN_TABLES = {"alembic_version_history", "alembic_schema_snapshot"}
 
 
 @dataclass(frozen=True)
@@ -30,43 +47,160 @@ class AtRisk:
 
     revision: str
     what: str  # "table ecommerce.orders" or "column ecommerce.orders.note"
-    rows: int
+    rows: int | None  # None: the statement cannot be rehearsed, so nothing was counted
 
     def __str__(self) -> str:
-        return f"{self.what} ({self.rows} row(s), reverting {self.revision})"
+        counted = f"{self.rows} row(s)" if self.rows is not None else "not rehearsed"
+        return f"{self.what} ({counted}, reverting {self.revision})"
+
+
+@dataclass(frozen=True)
+class _Table:
+    schema: str
+    name: str
+    filenode: int
+    deleted: int
+    columns: dict[int, tuple[str, str]]  # attnum -> (name, type)
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+
+@dataclass(frozen=True)
+class _Removal:
+    """Something a step removed, to be counted once the rehearsal is rolled back."""
+
+    revision: str
+    kind: str  # table, column, type, deleted, emptied
+    table: _Table
+    column: str | None = None
+    detail: str = ""
+    rows: int | None = None  # known in the rehearsal (deleted, rows left after emptying)
+
+
+class Rehearsal:
+    """Watches a downgrade that runs in a transaction the caller rolls back.
+
+    runtime.StepRecorder calls ``attach``, ``step_started``, ``statement`` and
+    ``step_ended``; the caller, after the rollback, calls ``at_risk``.
+    """
+
+    def __init__(self) -> None:
+        self.removals: list[_Removal] = []
+        self.unrehearsed: list[tuple[str, str]] = []  # (revision, statement)
+        self._dbapi: Any = None
+        self._ignore: set[tuple[str | None, str]] = set()
+        self._revision: str | None = None
+        self._before: dict[int, _Table] = {}
+        self._outside_transaction = False
+
+    def attach(self, ctx: Any, version_table: tuple[str, str | None]) -> None:
+        self._dbapi = ctx.connection.connection.dbapi_connection
+        name, schema = version_table
+        self._ignore = {(schema, name), *((None, t) for t in _OWN_TABLES)}
+        # MigrationContext.autocommit_block would commit the rehearsal: stay inside it.
+        ctx.autocommit_block = self._autocommit_block
+
+    @contextmanager
+    def _autocommit_block(self) -> Iterator[None]:
+        self._outside_transaction = True
+        try:
+            yield
+        finally:
+            self._outside_transaction = False
+
+    def statement(self, statement: str, parameters: Any) -> tuple[str, Any]:
+        """A statement a step sends: those meant for an autocommit block are not run."""
+        if not self._outside_transaction:
+            return statement, parameters
+        assert self._revision is not None
+        self.unrehearsed += [(self._revision, s) for s in sqltext.destructive(statement)]
+        return "SELECT 1", parameters
+
+    def step_started(self, revision: str) -> None:
+        self._revision = revision
+        self._before = self._state()
+
+    def step_ended(self) -> None:
+        assert self._revision is not None
+        after = self._state()
+        for oid, table in self._before.items():
+            if (table.schema, table.name) in self._ignore or (None, table.name) in self._ignore:
+                continue
+            self.removals += self._compare(self._revision, table, after.get(oid))
+
+    def _compare(self, revision: str, table: _Table, now: _Table | None) -> list[_Removal]:
+        if now is None:
+            return [_Removal(revision, "table", table)]
+        found = []
+        retyped = False
+        for attnum, (column, type_) in table.columns.items():
+            if attnum not in now.columns:
+                found.append(_Removal(revision, "column", table, column))
+            elif now.columns[attnum][1] != type_:
+                retyped = True
+                detail = f"{type_} -> {now.columns[attnum][1]}"
+                found.append(_Removal(revision, "type", table, column, detail))
+        if now.deleted > table.deleted:
+            found.append(_Removal(revision, "deleted", table, rows=now.deleted - table.deleted))
+        if now.filenode != table.filenode and not retyped:  # TRUNCATE, or a rewrite
+            found.append(_Removal(revision, "emptied", table, rows=self._count(table)))
+        return found
+
+    def _state(self) -> dict[int, _Table]:
+        cursor = self._dbapi.cursor()
+        try:
+            cursor.execute(_STATE)
+            return {
+                oid: _Table(schema, name, filenode, deleted, {a: (n, t) for a, n, t in columns})
+                for oid, schema, name, filenode, deleted, columns in cursor.fetchall()
+            }
+        finally:
+            cursor.close()
+
+    def _count(self, table: _Table) -> int:
+        cursor = self._dbapi.cursor()
+        try:
+            cursor.execute(f"SELECT count(*) FROM {_quoted(table.schema, table.name)}")
+            return int(cursor.fetchone()[0])
+        finally:
+            cursor.close()
+
+    def at_risk(self, conn: sa.Connection) -> list[AtRisk]:
+        """After the rollback: the removals that would destroy rows, counted now."""
+        found: list[AtRisk] = []
+        for r in self.removals:
+            where = _quoted(r.table.schema, r.table.name)
+            if r.kind == "table":
+                rows = _count(conn, f"SELECT count(*) FROM {where}")
+                what = f"table {r.table.qualified}"
+            elif r.kind in ("column", "type"):
+                rows = _count(conn, f"SELECT count({_quoted(r.column or '')}) FROM {where}")
+                what = f"column {r.table.qualified}.{r.column}"
+                if r.kind == "type":
+                    what += f" (type {r.detail} rewrites its values)"
+            elif r.kind == "deleted":
+                rows, what = r.rows or 0, f"rows deleted from table {r.table.qualified}"
+            else:
+                before = _count(conn, f"SELECT count(*) FROM {where}")
+                rows = max(before - (r.rows or 0), 0)
+                what = f"table {r.table.qualified} (emptied: TRUNCATE or rewrite)"
+            if rows:
+                found.append(AtRisk(r.revision, what, rows))
+        for revision, statement in self.unrehearsed:
+            short = " ".join(statement.split())[:120]
+            found.append(AtRisk(revision, f"statement outside a transaction: {short}", None))
+        return found
+
+
+def _quoted(*names: str) -> str:
+    return ".".join('"' + name.replace('"', '""') + '"' for name in names)
 
 
 def _count(conn: sa.Connection, sql: str) -> int:
     try:
-        with conn.begin_nested():
+        with conn.begin():
             return int(conn.scalar(sa.text(sql)) or 0)
     except sa.exc.ProgrammingError:
-        return 0  # the table or column is not there: nothing to lose
-
-
-def rows_at_risk(conn: sa.Connection, revision: str, sql: str) -> list[AtRisk]:
-    """Every non-empty table or column that ``sql`` (one step's downgrade) drops."""
-    found: list[AtRisk] = []
-    for schema, table in _DROP_TABLE.findall(sql):
-        s, t = _unquote(schema), _unquote(table)
-        rows = _count(conn, f'SELECT count(*) FROM "{s}"."{t}"')
-        if rows:
-            found.append(AtRisk(revision, f"table {s}.{t}", rows))
-    for schema, table, column in _DROP_COLUMN.findall(sql):
-        s, t, c = _unquote(schema), _unquote(table), _unquote(column)
-        if c.upper() == "CONSTRAINT":
-            continue
-        rows = _count(conn, f'SELECT count("{c}") FROM "{s}"."{t}"')
-        if rows:
-            found.append(AtRisk(revision, f"column {s}.{t}.{c}", rows))
-    for (schema,) in (m.groups() for m in _DROP_SCHEMA_CASCADE.finditer(sql)):
-        s = _unquote(schema)
-        tables = conn.scalars(
-            sa.text("SELECT tablename FROM pg_tables WHERE schemaname = :s ORDER BY 1"), {"s": s}
-        ).all()
-        for t in tables:
-            rows = _count(conn, f'SELECT count(*) FROM "{s}"."{t}"')
-            if rows:
-                found.append(AtRisk(revision, f"table {s}.{t}", rows))
-    conn.rollback()
-    return found
+        return 0  # created by an earlier step of the rehearsal: holds nothing now

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import re
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -19,12 +20,13 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
+from alembic.util import CommandError
 from sqlalchemy.engine import URL
 
 from orchestration import audit, catalog
 from orchestration.errors import ConfigurationError, DataLossRefused, MigrationError
 from orchestration.revisions import MigrationProject, Revision
-from orchestration.runtime import create_engine, error_text
+from orchestration.runtime import advisory_lock, create_engine, error_text
 from orchestration.settings import check_identifier
 from orchestration.targets import database_url
 from orchestration.urls import display_url, redact
@@ -82,6 +84,7 @@ class RunResult:
     operation: str
     steps: list[audit.AuditRow] = field(default_factory=list)
     error: str | None = None
+    warnings: list[str] = field(default_factory=list)  # e.g. drift found before migrating
 
     @property
     def ok(self) -> bool:
@@ -93,6 +96,7 @@ class RunResult:
             "operation": self.operation,
             "ok": self.ok,
             "error": self.error,
+            "warnings": self.warnings,
             "steps": [row.to_dict() for row in self.steps],
         }
 
@@ -154,7 +158,8 @@ def connect(
     url = database_url(project.settings, environment)
     if database is not None:
         url = url.set(database=check_identifier("database", database))
-    engine = create_engine(url, environment)
+    # Every session has the environment's lock_timeout and statement_timeout.
+    engine = create_engine(url, environment, project.settings.environment(environment))
     try:
         try:
             conn = engine.connect()
@@ -164,7 +169,10 @@ def connect(
                 f"cannot connect to the {environment} database {display_url(url)}: {reason}"
             ) from None
         with conn:
-            yield conn, url
+            try:
+                yield conn, url
+            except sa.exc.DBAPIError as exc:  # a timeout, a lost server: the work failed
+                raise MigrationError(f"{environment}: {error_text(exc, url)}") from None
     finally:
         engine.dispose()
 
@@ -177,6 +185,7 @@ def _alembic_config(
     run_id: str | None = None,
     on_step: StepCallback | None = None,
     output: io.StringIO | None = None,
+    rehearsal: dataloss.Rehearsal | None = None,
 ) -> Config:
     config = Config(str(project.settings.alembic_ini), output_buffer=output)
     config.attributes.update(
@@ -187,7 +196,9 @@ def _alembic_config(
         run_id=run_id,
         on_step=on_step,
         audit_rows=[],
+        warnings=[],
         configure_logger=False,
+        rehearsal=rehearsal,
     )
     return config
 
@@ -293,13 +304,49 @@ def _run(
     database: str | None = None,
 ) -> RunResult:
     with connect(project, environment, database) as (conn, url):
-        config = _alembic_config(project, environment, conn, run_id=run_id, on_step=on_step)
-        result = RunResult(environment, operation, steps=config.attributes["audit_rows"])
-        try:
-            steps(config)
-        except Exception as exc:
-            result.error = error_text(exc, url)
-        return result
+        return _run_on(conn, url, project, environment, operation, steps, run_id, on_step)
+
+
+def _run_on(
+    conn: sa.Connection,
+    url: URL,
+    project: MigrationProject,
+    environment: str,
+    operation: str,
+    steps: Callable[[Config], None],
+    run_id: str | None,
+    on_step: StepCallback | None,
+) -> RunResult:
+    """Run Alembic commands on ``conn``; a step that fails is the result's error."""
+    config = _alembic_config(project, environment, conn, run_id=run_id, on_step=on_step)
+    result = RunResult(
+        environment,
+        operation,
+        steps=config.attributes["audit_rows"],
+        warnings=config.attributes["warnings"],
+    )
+    try:
+        steps(config)
+    except (MigrationError, sa.exc.SQLAlchemyError) as exc:
+        result.error = error_text(exc, url)
+    except Exception as exc:
+        if not _failed_in_a_step(project, result, exc):
+            raise  # our own bug, not the migration's: the caller shows its traceback
+        result.error = error_text(exc, url)
+    return result
+
+
+def _failed_in_a_step(project: MigrationProject, result: RunResult, exc: Exception) -> bool:
+    """Whether ``exc`` is the migration's failure rather than a bug of ours: a step failed
+    (env.py wrote its row), Alembic refused the command, or the error passed through a
+    revision file's own code (a module that fails to import, say)."""
+    if any(not row.success for row in result.steps) or isinstance(exc, CommandError):
+        return True
+    revision_files = {str(r.path) for s in project.schemas for r in project.revisions(s)}
+    return any(
+        frame.f_code.co_filename in revision_files
+        for frame, _ in traceback.walk_tb(exc.__traceback__)
+    )
 
 
 def upgrade(
@@ -360,44 +407,42 @@ def _downgrade_target(project: MigrationProject, st: SchemaStatus, to: str) -> s
     return f"{st.schema}@base" if to == "base" else project.resolve(to).revision
 
 
-def _reverted(
-    project: MigrationProject, statuses: list[SchemaStatus], selected: list[str], to: str
-) -> list[Revision]:
-    """The revisions a downgrade of ``selected`` reverts: theirs, then every applied
-    revision that depends on a reverted one (Alembic takes dependents down first)."""
-    applied = {
-        st.schema: [r for r in project.revisions(st.schema) if r not in st.pending]
-        for st in statuses
-    }
-    reverted: dict[str, Revision] = {}
-    for st in statuses:
-        if st.schema in selected:
-            mine = applied[st.schema]
-            reverted.update((r.revision, r) for r in mine[_kept(project, st, to) :])
-    changed = True
-    while changed:
-        changed = False
-        for r in (r for revisions in applied.values() for r in revisions):
-            if r.revision not in reverted and {*r.depends_on, *r.down_revisions} & reverted.keys():
-                reverted[r.revision] = r
-                changed = True
-    return list(reverted.values())
+def _rehearse(
+    project: MigrationProject,
+    environment: str,
+    conn: sa.Connection,
+    url: URL,
+    targets: list[str],
+    run_id: str | None,
+    on_step: StepCallback | None,
+) -> list[dataloss.AtRisk] | RunResult:
+    """Run the downgrade in a transaction, watch what each step removes, roll it back.
 
-
-def data_at_risk(
-    project: MigrationProject, environment: str, conn: sa.Connection, reverted: list[Revision]
-) -> list[dataloss.AtRisk]:
-    """Non-empty tables and columns that reverting ``reverted`` would drop."""
+    Returns the rows at risk, or, when a step fails in the rehearsal, the failed result
+    (env.py wrote that step's failure row; nothing else was changed).
+    """
     from orchestration import dataloss
 
-    found: list[dataloss.AtRisk] = []
-    for revision in reverted:
-        down = revision.down_revisions[0] if revision.down_revisions else f"{revision.schema}@base"
-        output = io.StringIO()
-        config = _alembic_config(project, environment, None, output=output)
-        command.downgrade(config, f"{revision.revision}:{down}", sql=True)
-        found += dataloss.rows_at_risk(conn, revision.revision, output.getvalue())
-    return found
+    rehearsal = dataloss.Rehearsal()
+    config = _alembic_config(
+        project, environment, conn, run_id=run_id, on_step=on_step, rehearsal=rehearsal
+    )
+    rows = config.attributes["audit_rows"]
+    conn.begin()
+    try:
+        for target in targets:
+            command.downgrade(config, target)
+    except Exception as exc:
+        conn.rollback()
+        failed = RunResult(environment, "downgrade", steps=rows)
+        if not (isinstance(exc, MigrationError | sa.exc.SQLAlchemyError)) and not (
+            _failed_in_a_step(project, failed, exc)
+        ):
+            raise
+        failed.error = error_text(exc, url) + " (while rehearsing the downgrade: nothing changed)"
+        return failed
+    conn.rollback()
+    return rehearsal.at_risk(conn)
 
 
 def downgrade(
@@ -413,33 +458,39 @@ def downgrade(
     """Downgrade each schema to ``to``: a revision, ``-N`` or ``base``.
 
     Alembic downgrades dependents first: revisions of other schemas that depend on a
-    reverted revision are reverted too (each gets its own rollback audit row). A step that
-    would drop a non-empty table or column is refused, before anything runs, unless
-    ``allow_data_loss``.
+    reverted revision are reverted too (each gets its own rollback audit row). Unless
+    ``allow_data_loss``, the downgrade is first rehearsed in a transaction that is rolled
+    back (dataloss.py), and refused when it would destroy rows. Planning, the rehearsal
+    and the downgrade itself run under one hold of the migration lock, on one session:
+    nothing can land between what was checked and what runs.
     """
     if not schemas:
         raise ConfigurationError("downgrade needs --schema: which schema to take back")
     if to != "base" and len(schemas) > 1:
         raise ConfigurationError("downgrade to a revision or by -N takes exactly one --schema")
-    statuses = status(project, environment)
     selected = _schemas(project, schemas)
-    targets = [_downgrade_target(project, st, to) for st in statuses if st.schema in selected]
-    if not allow_data_loss:
-        reverted = _reverted(project, statuses, selected, to)
-        with connect(project, environment) as (conn, _):
-            at_risk = data_at_risk(project, environment, conn, reverted)
-        if at_risk:
-            raise DataLossRefused(
-                "downgrade refused, it would destroy data: "
-                + "; ".join(str(r) for r in at_risk)
-                + " (--allow-data-loss to go ahead)"
-            )
+    with (
+        connect(project, environment) as (conn, url),
+        advisory_lock(conn, project.settings.lock_wait_timeout_seconds),
+    ):
+        statuses = _status_from_heads(project, _db_heads(conn), list(project.schemas))
+        targets = [_downgrade_target(project, st, to) for st in statuses if st.schema in selected]
+        if not allow_data_loss:
+            rehearsed = _rehearse(project, environment, conn, url, targets, run_id, on_step)
+            if isinstance(rehearsed, RunResult):
+                return rehearsed
+            if rehearsed:
+                raise DataLossRefused(
+                    "downgrade refused, it would destroy data: "
+                    + "; ".join(str(r) for r in rehearsed)
+                    + " (--allow-data-loss to go ahead)"
+                )
 
-    def steps(config: Config) -> None:
-        for target in targets:
-            command.downgrade(config, target)
+        def steps(config: Config) -> None:
+            for target in targets:
+                command.downgrade(config, target)
 
-    return _run(project, environment, "downgrade", steps, run_id=run_id, on_step=on_step)
+        return _run_on(conn, url, project, environment, "downgrade", steps, run_id, on_step)
 
 
 # --- verify ------------------------------------------------------------------------------
