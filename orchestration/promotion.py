@@ -229,7 +229,7 @@ def _later(
         reason = f"{where} stays at {_name(st.current)}: {state}: nothing verified to promote"
     elif target in lineage(project, st.current):
         if target == st.current:
-            reason = f"{where} is at {target}, where {previous} verified it: nothing to do"
+            reason = f"{where} is at {target}: {state}: nothing to do"
         else:
             past = True
             reason = (

@@ -1,0 +1,136 @@
+"""Promotion carries what was verified, never more (engine layer, real PostgreSQL)."""
+
+from __future__ import annotations
+
+from conftest import ANALYTICS_HEAD, ECOMMERCE_HEAD, Workspace, simple_revision
+
+from orchestration import engine, promotion
+
+NEW = "new000000001"
+NEW_FILE = f"2024_03_02_0900-{NEW}_add.py"
+
+
+def _bring(workspace: Workspace, env: str) -> None:
+    """What a promote run does for one environment: upgrade as promotion allows, verify."""
+    project = workspace.project()
+    result, _ = promotion.upgrade(project, env)
+    assert result.ok, result.error
+    engine.verify(project, env)
+
+
+def _plan(workspace: Workspace, env: str, schema: str = "ecommerce") -> promotion.Promotion:
+    (p,) = promotion.plan(workspace.project(), env, [schema])
+    return p
+
+
+def _current(workspace: Workspace, env: str, schema: str = "ecommerce") -> str | None:
+    (st,) = engine.status(workspace.project(), env, [schema])
+    return st.current
+
+
+def test_first_environment_goes_to_head_and_then_has_nothing_to_do(workspace: Workspace):
+    fresh = _plan(workspace, "dev")
+    assert (fresh.target, fresh.upgrade_to) == (ECOMMERCE_HEAD, ECOMMERCE_HEAD)
+    _bring(workspace, "dev")
+    done = _plan(workspace, "dev")
+    assert done.upgrade_to is None and "nothing to do" in done.reason
+
+
+def test_a_later_environment_waits_for_a_verify_before_it(workspace: Workspace):
+    project = workspace.project()
+    engine.upgrade(project, "dev")  # migrated, never verified
+    waiting = _plan(workspace, "staging")
+    assert waiting.upgrade_to is None and waiting.target is None
+    assert "dev is at 20909ec7166e but it has not been verified there" in waiting.reason
+    assert promotion.upgrade(project, "staging")[0].steps == []
+    assert _current(workspace, "staging") is None
+
+    engine.verify(project, "dev")
+    go = _plan(workspace, "staging")
+    assert go.upgrade_to == ECOMMERCE_HEAD
+    assert go.reason.startswith(f"staging/ecommerce: dev is at {ECOMMERCE_HEAD}, verified at ")
+
+
+def test_a_new_file_goes_no_further_than_the_environment_before_verified(workspace: Workspace):
+    for env in ("dev", "staging", "prod"):
+        _bring(workspace, env)
+    workspace.add_revision("ecommerce", NEW_FILE, simple_revision(NEW, ECOMMERCE_HEAD, "wish"))
+
+    # prod alone, staging lagging: prod stays
+    prod = _plan(workspace, "prod")
+    assert (prod.target, prod.upgrade_to) == (ECOMMERCE_HEAD, None)
+    assert promotion.upgrade(workspace.project(), "prod")[0].steps == []
+    assert _current(workspace, "prod") == ECOMMERCE_HEAD
+
+    # dev moves on and verifies; staging follows it, prod only once staging verified
+    _bring(workspace, "dev")
+    result, (eco, ana) = promotion.upgrade(workspace.project(), "staging")
+    assert [r.alembic_version for r in result.steps] == [NEW]
+    assert eco.reason.startswith(f"staging/ecommerce: dev is at {NEW}, verified at ")
+    assert eco.reason.endswith(f"upgrading to {NEW} (head is {NEW})")
+    assert ana.upgrade_to is None and ana.target == ANALYTICS_HEAD
+    assert _plan(workspace, "prod").upgrade_to is None  # staging not verified at NEW yet
+    engine.verify(workspace.project(), "staging")
+    assert _plan(workspace, "prod").upgrade_to == NEW
+
+
+def test_a_failed_verify_before_it_holds_the_environment_where_it_is(workspace: Workspace):
+    for env in ("dev", "staging"):
+        _bring(workspace, env)
+    workspace.add_revision("ecommerce", NEW_FILE, simple_revision(NEW, ECOMMERCE_HEAD, "wish"))
+    _bring(workspace, "dev")
+    with workspace.connect("dev") as conn:  # drift: a table made by hand
+        conn.exec_driver_sql("CREATE TABLE ecommerce.by_hand (id int)")
+        conn.commit()
+    (failed,) = engine.verify(workspace.project(), "dev", ["ecommerce"])
+    assert not failed.ok
+
+    held = _plan(workspace, "staging")
+    assert held.upgrade_to is None
+    assert held.target == ECOMMERCE_HEAD  # the newest revision dev verified below NEW
+    assert f"dev is at {NEW} but its last verify failed" in held.reason
+    promotion.upgrade(workspace.project(), "staging")
+    assert _current(workspace, "staging") == ECOMMERCE_HEAD
+
+
+def test_a_revision_file_edited_after_it_was_verified_is_not_promoted(workspace: Workspace):
+    for env in ("dev", "staging", "prod"):
+        _bring(workspace, env)
+    path = workspace.add_revision(
+        "ecommerce", NEW_FILE, simple_revision(NEW, ECOMMERCE_HEAD, "wish")
+    )
+    _bring(workspace, "dev")
+    _bring(workspace, "staging")  # NEW applied and verified in staging
+    assert _current(workspace, "staging") == NEW
+    path.write_text(path.read_text().replace('"wish"', '"wish_edited"'))
+
+    # what prod would apply is not what staging verified: prod goes no further than the
+    # newest revision staging verified from unchanged files
+    prod = _plan(workspace, "prod")
+    assert prod.target == ECOMMERCE_HEAD and prod.upgrade_to is None
+    assert f"revision file(s) {NEW} changed since staging applied them" in prod.reason
+    promotion.upgrade(workspace.project(), "prod")
+    assert _current(workspace, "prod") == ECOMMERCE_HEAD
+    assert not {"wish", "wish_edited"} & workspace.tables("ecommerce", "prod")
+
+
+def test_promotion_never_downgrades_and_a_rollback_voids_older_verifies(workspace: Workspace):
+    for env in ("dev", "staging"):
+        _bring(workspace, env)
+    project = workspace.project()
+    engine.downgrade(project, "dev", schemas=["analytics"], to="-1", allow_data_loss=True)
+
+    # dev is back at 54886dd283f2 and has not verified there: its older verify at the head
+    # no longer counts, and staging, past what dev has, is never taken down
+    staging = _plan(workspace, "staging", "analytics")
+    assert staging.upgrade_to is None and staging.target is None
+    engine.verify(project, "dev", ["analytics"], expect_head=False)
+    staging = _plan(workspace, "staging", "analytics")
+    assert staging.target == "54886dd283f2" and staging.upgrade_to is None
+    assert staging.past_target and "promotion never downgrades" in staging.reason
+    finding = promotion.target_finding(staging)
+    assert finding is not None and finding.severity == "warning"
+
+    engine.upgrade(project, "dev", schemas=["analytics"])  # back at head, not verified
+    assert _plan(workspace, "staging", "analytics").target == "54886dd283f2"
+    assert _current(workspace, "staging", "analytics") == ANALYTICS_HEAD
