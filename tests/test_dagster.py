@@ -143,11 +143,14 @@ def test_migrate_job_runs_with_no_config(defs, instance, workspace):
     step_logs = [
         e.user_message
         for e in instance.all_logs(result.run_id)
-        if e.step_key == "upgrade" and e.dagster_event is None
+        if e.step_key == "upgrade.dev" and e.dagster_event is None
     ]
     lines = [line for message in step_logs for line in message.splitlines()]
-    assert [line.split()[4] for line in lines] == [r.alembic_version for r in rows[:7]]
+    steps = [line for line in lines if " migration " in line]
+    assert [line.split()[4] for line in steps] == [r.alembic_version for r in rows[:7]]
     assert len(step_logs) < len(lines)
+    # and what promotion decided for each schema, before its steps
+    assert f"dev/ecommerce: first environment, upgrading base to head {ECOMMERCE_HEAD}" in lines
 
 
 def test_rollback_job_writes_rollback_rows(defs, instance, workspace):
@@ -340,3 +343,101 @@ def test_staging_does_not_follow_a_dev_that_failed_verify(workspace, instance):
 
     assert result.get_num_requested(_key("staging", "ecommerce")) == 0
     assert result.total_requested == 0
+
+
+# --- a rollback is not an upstream update ---------------------------------------------------
+
+
+def test_a_dev_rollback_is_observed_never_promoted_and_its_check_is_not_a_pass_at_head(
+    defs, instance, workspace
+):
+    baseline = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+    assert defs.resolve_job_def("migrate").execute_in_process(instance=instance).success
+    after_migrate = dg.evaluate_automation_conditions(
+        defs=defs, instance=instance, cursor=baseline.cursor
+    )
+    assert after_migrate.get_num_requested(_key("staging", "ecommerce")) == 1  # an update
+
+    rollback = defs.resolve_job_def("rollback").execute_in_process(
+        instance=instance,
+        run_config={"ops": {"downgrade": {"config": {"schema_name": "ecommerce", "to": "-1"}}}},
+    )
+    assert rollback.success
+
+    # recorded as an observation of dev/analytics, not a materialization ...
+    latest = instance.get_latest_materialization_event(_key("dev", "ecommerce"))
+    assert latest.run_id != rollback.run_id
+    (observation,) = [
+        e.event_specific_data.asset_observation
+        for e in rollback.all_events
+        if e.event_type_value == "ASSET_OBSERVATION"
+    ]
+    assert observation.asset_key == _key("dev", "ecommerce")
+    assert observation.metadata["operation"].value == "rollback"
+    assert observation.metadata["current_revision"].value == "fac149d9b774"
+    # ... so promotion automation does not carry it to staging
+    after_rollback = dg.evaluate_automation_conditions(
+        defs=defs, instance=instance, cursor=after_migrate.cursor
+    )
+    assert after_rollback.total_requested == 0
+
+    # the check verified where the schema stands, but never reads as passing at head
+    check_key = dg.AssetCheckKey(_key("dev", "ecommerce"), "verify")
+    record = instance.event_log_storage.get_latest_asset_check_execution_by_key([check_key])[
+        check_key
+    ]
+    assert record.run_id == rollback.run_id
+    evaluation = record.event.dagster_event.asset_check_evaluation_data
+    assert not evaluation.passed
+    assert evaluation.severity == dg.AssetCheckSeverity.WARN
+    assert f"taken to fac149d9b774, head is {ECOMMERCE_HEAD}" in evaluation.description
+    # the audit row records the verify of where it stands: files, drift and hooks passed
+    verify_rows = [
+        r for r in workspace.audit() if r.run_id == rollback.run_id and r.operation == "verify"
+    ]
+    assert [(r.alembic_version, r.success) for r in verify_rows] == [("fac149d9b774", True)]
+
+
+# --- Dagster-level serialization: the jobs' steps join the environment's pool ---------------
+
+
+def test_migrate_and_rollback_steps_wait_for_their_environments_pool(workspace):
+    import threading
+
+    defs = build_definitions(str(workspace.ini))
+    for job_name, step in (("migrate", "upgrade"), ("rollback", "downgrade")):
+        job = defs.resolve_job_def(job_name)
+        pools = {node.name: node.pool for node in job.all_node_defs if node.name.endswith("_dev")}
+        assert pools == {f"{step}_dev": "migrate_dev", "verify_dev": "migrate_dev"}
+        staging = {n.name: n.pool for n in job.all_node_defs if n.name.endswith("_staging")}
+        assert set(staging.values()) == {"migrate_staging"}
+
+    overrides = {"concurrency": {"pools": {"default_limit": 1}}}
+    with dg.instance_for_test(overrides=overrides) as instance:
+        storage = instance.event_log_storage
+        # another run holds staging's only slot
+        storage.initialize_concurrency_limit_to_default("migrate_staging")
+        assert storage.claim_concurrency_slot(
+            "migrate_staging", "other-run", "other-step"
+        ).is_claimed
+        outcome = {}
+
+        def launch():
+            outcome["result"] = defs.resolve_job_def("migrate").execute_in_process(
+                instance=instance,
+                run_config={"ops": {"upgrade": {"config": {"environment": "staging"}}}},
+            )
+
+        thread = threading.Thread(target=launch)
+        thread.start()
+        deadline = time.monotonic() + 30
+        while not storage.get_concurrency_info("migrate_staging").pending_run_ids:
+            assert time.monotonic() < deadline, "the step never queued for the pool"
+            time.sleep(0.1)
+        time.sleep(1)
+        assert thread.is_alive()  # waiting for the slot, not migrating
+        assert workspace.audit("staging") == []
+        storage.free_concurrency_slot_for_step("other-run", "other-step")
+        thread.join(60)
+        assert outcome["result"].success
+        assert storage.get_concurrency_info("migrate_staging").claimed_slots == []

@@ -1,15 +1,27 @@
-"""Ops over the engine, composed into the `migrate` and `rollback` jobs."""
+"""Ops over the engine, composed into the `migrate` and `rollback` jobs.
 
-from collections.abc import Iterator
+Each job picks its environment from run config, but a pool is fixed when an op is
+defined: so every environment has its own `upgrade`/`downgrade` and `verify` op, in the
+pool `migrate_<env>` like that environment's assets, and a routing op (no database, no
+pool) sends the run down the configured environment's branch; the others are skipped.
+The run config keeps its shape: `ops: {upgrade: {config: {environment, schemas, to}}}`
+and `ops: {downgrade: {config: {environment, schema_name, to, allow_data_loss}}}`.
+"""
+
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import dagster as dg
 from pydantic import Field
 
-from orchestration import engine
+from orchestration import engine, promotion
 from orchestration.defs import metadata
 from orchestration.defs.resource import MigrationResource
 from orchestration.defs.translator import SchemaAssetTranslator
+
+# How the verify step judges where a schema stands.
+AS_PROMOTED = "as_promoted"  # head in the first environment, the promotion target after it
+WHERE_IT_STANDS = "where_it_stands"  # after a rollback or an upgrade to a chosen revision
 
 
 class MigrateConfig(dg.Config):
@@ -17,7 +29,11 @@ class MigrateConfig(dg.Config):
 
     environment: str = Field(default="dev", description="environment from migrate.toml")
     schemas: list[str] = Field(default=[], description="schemas to upgrade; empty means all")
-    to: str = Field(default="head", description="head, or a revision id to upgrade to")
+    to: str = Field(
+        default="head",
+        description="head (after the first environment: as far as promotion allows, the "
+        "revision the environment before is at and verified), or a revision id",
+    )
 
 
 class RollbackConfig(dg.Config):
@@ -34,99 +50,258 @@ def _report(
     migrations: MigrationResource,
     environment: str,
     result: engine.RunResult,
-) -> Iterator[dg.AssetMaterialization]:
+) -> Iterator[dg.AssetMaterialization | dg.AssetObservation]:
     """Steps done by a job still show on the schema assets they changed; a failed run
-    raises after them, its first line naming the revision and the cause."""
+    raises after them, its first line naming the revision and the cause.
+
+    An upgrade is a materialization. A rollback is an observation: it is not an upstream
+    update, so eager automation (promote = "auto") never carries it on to the
+    environments after this one (Dagster's newly_updated reads materializations only for
+    a materializable asset)."""
     where = {}
     if result.ok:
         where = {s.schema: s for s in engine.status(migrations.project(), environment)}
+    event: Callable[..., dg.AssetMaterialization | dg.AssetObservation] = (
+        dg.AssetObservation if result.operation == "downgrade" else dg.AssetMaterialization
+    )
     for schema in dict.fromkeys(r.schema_name for r in result.steps if r.success):
         assert schema is not None
-        yield dg.AssetMaterialization(
-            asset_key=translator.get_asset_key(environment, schema),
-            metadata=metadata.run_metadata(environment, schema, result.steps, where.get(schema)),
+        meta = metadata.run_metadata(environment, schema, result.steps, where.get(schema))
+        meta["operation"] = dg.MetadataValue.text(
+            "rollback" if result.operation == "downgrade" else "upgrade"
         )
+        yield event(asset_key=translator.get_asset_key(environment, schema), metadata=meta)
     if not result.ok:
         raise metadata.failure(environment, result)
 
 
+def check_evaluation(
+    translator: SchemaAssetTranslator, result: engine.VerifyResult, judged: str
+) -> dg.AssetCheckEvaluation:
+    """The `verify` check as a job's verify step records it. After a rollback (or an upgrade
+    to a chosen revision) the schema is checked where it stands, but the check never reads
+    as passing at head when it is not: it fails with WARN severity and says so."""
+    errors = [f.message for f in result.findings if f.severity == "error"]
+    passed, severity = result.ok, dg.AssetCheckSeverity.ERROR
+    description = "; ".join(f.message for f in result.findings) or None
+    if result.ok and judged == WHERE_IT_STANDS and result.current != result.head:
+        passed, severity = False, dg.AssetCheckSeverity.WARN
+        description = (
+            f"{result.environment}/{result.schema} was taken to {result.current or 'base'}, "
+            f"head is {result.head or 'base'}: verified where it stands (files, drift, hooks), "
+            "not at head" + (f"; {description}" if description else "")
+        )
+    elif errors:
+        description = "; ".join(errors)
+    return dg.AssetCheckEvaluation(
+        asset_key=translator.get_asset_key(result.environment, result.schema),
+        check_name="verify",
+        passed=passed,
+        severity=severity,
+        metadata=metadata.verify_metadata(result),
+        description=description,
+    )
+
+
+def _check_explicit_target(migrations: MigrationResource, environment: str, to: str) -> None:
+    """After the first environment, an explicit revision goes no further than promotion
+    allows: what the environment before is at and verified."""
+    project = migrations.project()
+    if project.settings.environment_names[0] == environment:
+        return
+    revision = project.resolve(to)
+    (p,) = promotion.plan(project, environment, [revision.schema])
+    if p.target is None or revision.revision not in promotion.lineage(project, p.target):
+        raise dg.Failure(
+            description=f"{environment}/{revision.schema}: refusing to upgrade to "
+            f"{revision.revision}: past what {p.previous} is at and verified "
+            f"({p.target or 'nothing'}). {p.reason}"
+        )
+
+
+def _route(values: dict, environments: list[str]) -> dg.Output:
+    if values["environment"] not in environments:
+        raise dg.Failure(
+            description=f"unknown environment {values['environment']!r} "
+            f"(known: {', '.join(environments)})"
+        )
+    return dg.Output(values, output_name=values["environment"])
+
+
+def _route_ops(environments: list[str]) -> tuple[dg.OpDefinition, dg.OpDefinition]:
+    """The routing op of each job: config in, one output per environment, one emitted."""
+    outs = {env: dg.Out(dict, is_required=False) for env in environments}
+    description = (
+        "Sends the run to the configured environment's steps (in its pool migrate_<env>); "
+        "the other environments' steps are skipped."
+    )
+
+    @dg.op(name="route_upgrade", out=outs, description=description)
+    def route_upgrade(config: MigrateConfig) -> Iterator[dg.Output]:
+        yield _route(config.model_dump(), environments)
+
+    @dg.op(name="route_downgrade", out=outs, description=description)
+    def route_downgrade(config: RollbackConfig) -> Iterator[dg.Output]:
+        yield _route(config.model_dump(), environments)
+
+    return route_upgrade, route_downgrade
+
+
+def _mapping(config_class: type[dg.Config], route_name: str) -> dg.ConfigMapping:
+    return dg.ConfigMapping(
+        config_fn=lambda values: {route_name: {"config": values}},
+        config_schema=config_class.to_config_schema(),
+    )
+
+
 def build_jobs(translator: SchemaAssetTranslator) -> list[dg.JobDefinition]:
-    @dg.op(description="Upgrade the selected schemas of an environment (default: all, to head).")
-    def upgrade(
-        context: dg.OpExecutionContext, config: MigrateConfig, migrations: MigrationResource
-    ) -> Iterator[Any]:
-        with metadata.clear_errors():
-            result = migrations.upgrade(
-                context, config.environment, config.schemas or None, config.to
-            )
-        yield from _report(translator, migrations, config.environment, result)
-        yield dg.Output(
-            {
-                "environment": config.environment,
-                "schemas": config.schemas,
-                "expect_head": config.to == "head",
-            },
-            metadata={"steps": metadata.steps_table(result.steps)},
-        )
+    environments = [e.name for e in translator.environments]
 
-    @dg.op(description="Revert revisions of one schema: to a revision, by -N, or to base.")
-    def downgrade(
-        context: dg.OpExecutionContext, config: RollbackConfig, migrations: MigrationResource
-    ) -> Iterator[Any]:
-        with metadata.clear_errors():  # a bad target, or data it would destroy
-            result = migrations.downgrade(
-                context, config.environment, config.schema_name, config.to, config.allow_data_loss
-            )
-        yield from _report(translator, migrations, config.environment, result)
-        touched = sorted({r.schema_name for r in result.steps if r.schema_name})
-        yield dg.Output(
-            {
-                "environment": config.environment,
-                "schemas": touched or [config.schema_name],
-                "expect_head": False,
-            },
-            metadata={"steps": metadata.steps_table(result.steps)},
+    def upgrade_op(env: str) -> dg.OpDefinition:
+        @dg.op(
+            name=f"upgrade_{env}",
+            pool=translator.get_pool(env),
+            description=f"Upgrade the selected schemas of {env} (default: all; to head in "
+            "the first environment, else as far as promotion allows).",
         )
-
-    @dg.op(description="Verify the schemas the previous step touched; fails on any error.")
-    def verify(
-        context: dg.OpExecutionContext, target: dict, migrations: MigrationResource
-    ) -> Iterator[Any]:
-        with metadata.clear_errors():
-            results = migrations.verify(
-                context, target["environment"], target["schemas"] or None, target["expect_head"]
+        def upgrade(
+            context: dg.OpExecutionContext, target: dict, migrations: MigrationResource
+        ) -> Iterator[Any]:
+            schemas, to = target["schemas"] or None, target["to"]
+            with metadata.clear_errors():
+                if to == "head":
+                    result, plans = migrations.promote(context, env, schemas)
+                else:
+                    _check_explicit_target(migrations, env, to)
+                    result, plans = migrations.upgrade(context, env, schemas, to), []
+            yield from _report(translator, migrations, env, result)
+            yield dg.Output(
+                {
+                    "environment": env,
+                    "schemas": target["schemas"],
+                    "judged": AS_PROMOTED if to == "head" else WHERE_IT_STANDS,
+                },
+                metadata={
+                    "steps": metadata.steps_table(result.steps),
+                    "promotion": dg.MetadataValue.md(
+                        "\n".join(f"- {p.reason}" for p in plans) or "explicit revision"
+                    ),
+                },
             )
-        for result in results:
-            # Typed for materializations only, but Dagster records check evaluations from
-            # ops too (tests/test_dagster.py asserts the check execution exists).
-            context.log_event(
-                dg.AssetCheckEvaluation(  # type: ignore[arg-type]
-                    asset_key=translator.get_asset_key(result.environment, result.schema),
-                    check_name="verify",
-                    passed=result.ok,
-                    severity=dg.AssetCheckSeverity.ERROR,
-                    metadata=metadata.verify_metadata(result),
+
+        return upgrade
+
+    def downgrade_op(env: str) -> dg.OpDefinition:
+        @dg.op(
+            name=f"downgrade_{env}",
+            pool=translator.get_pool(env),
+            description=f"Revert revisions of one schema of {env}: to a revision, by -N, "
+            "or to base.",
+        )
+        def downgrade(
+            context: dg.OpExecutionContext, target: dict, migrations: MigrationResource
+        ) -> Iterator[Any]:
+            with metadata.clear_errors():  # a bad target, or data it would destroy
+                result = migrations.downgrade(
+                    context, env, target["schema_name"], target["to"], target["allow_data_loss"]
                 )
+            yield from _report(translator, migrations, env, result)
+            touched = sorted({r.schema_name for r in result.steps if r.schema_name})
+            yield dg.Output(
+                {
+                    "environment": env,
+                    "schemas": touched or [target["schema_name"]],
+                    "judged": WHERE_IT_STANDS,
+                },
+                metadata={"steps": metadata.steps_table(result.steps)},
             )
-        failed = [r for r in results if not r.ok]
-        if failed:
-            first = failed[0]
-            raise dg.Failure(
-                description=f"verify failed for {first.environment}/{first.schema}: "
-                + "; ".join(f.message for f in first.findings if f.severity == "error"),
-            )
-        environment = target["environment"]
-        yield dg.Output(
-            len(results),
-            metadata=metadata.audit_history_metadata(environment, migrations.history(environment)),
+
+        return downgrade
+
+    def verify_op(env: str) -> dg.OpDefinition:
+        @dg.op(
+            name=f"verify_{env}",
+            pool=translator.get_pool(env),
+            description=f"Verify the schemas of {env} the previous step touched; fails on "
+            "any error.",
         )
+        def verify(
+            context: dg.OpExecutionContext, target: dict, migrations: MigrationResource
+        ) -> Iterator[Any]:
+            schemas = target["schemas"] or None
+            with metadata.clear_errors():
+                if target["judged"] == AS_PROMOTED:
+                    results = migrations.verify_promoted(context, env, schemas)
+                else:
+                    results = migrations.verify(context, env, schemas, expect_head=False)
+            for result in results:
+                # Typed for materializations only, but Dagster records check evaluations
+                # from ops too (tests/test_dagster.py asserts the check execution exists).
+                context.log_event(
+                    check_evaluation(translator, result, target["judged"])  # type: ignore[arg-type]
+                )
+            failed = [r for r in results if not r.ok]
+            if failed:
+                first = failed[0]
+                raise dg.Failure(
+                    description=f"verify failed for {first.environment}/{first.schema}: "
+                    + "; ".join(f.message for f in first.findings if f.severity == "error"),
+                )
+            yield dg.Output(
+                len(results),
+                metadata=metadata.audit_history_metadata(env, migrations.history(env)),
+            )
 
-    @dg.job(description="Upgrade an environment (default dev, all schemas, to head), then verify.")
+        return verify
+
+    verify_ops = {env: verify_op(env) for env in environments}
+
+    def verify_graph(name: str) -> dg.GraphDefinition:
+        @dg.graph(name=name, ins={env: dg.GraphIn() for env in environments})
+        def verify(**targets: Any) -> None:
+            for env in environments:
+                verify_ops[env].alias(env)(targets[env])
+
+        return verify
+
+    route_upgrade, route_downgrade = _route_ops(environments)
+
+    def step_graph(
+        name: str,
+        config_class: type[dg.Config],
+        route: dg.OpDefinition,
+        make_op: Callable[[str], dg.OpDefinition],
+    ) -> dg.GraphDefinition:
+        @dg.graph(
+            name=name,
+            out={env: dg.GraphOut() for env in environments},
+            config=_mapping(config_class, route.name),
+        )
+        def steps() -> dict[str, Any]:
+            branches = route()
+            return {env: make_op(env).alias(env)(getattr(branches, env)) for env in environments}
+
+        return steps
+
+    upgrade = step_graph("upgrade", MigrateConfig, route_upgrade, upgrade_op)
+    downgrade = step_graph("downgrade", RollbackConfig, route_downgrade, downgrade_op)
+    verify = verify_graph("verify")
+
+    @dg.job(
+        description="Upgrade an environment (default dev, all schemas, to head; after the "
+        "first environment as far as promotion allows), then verify. Its steps use the "
+        "environment's pool migrate_<env>."
+    )
     def migrate() -> None:
-        verify(upgrade())
+        done = upgrade()
+        verify(**{env: getattr(done, env) for env in environments})
 
-    @dg.job(description="Downgrade one schema of an environment, then verify where it stands.")
+    @dg.job(
+        description="Downgrade one schema of an environment, then verify where it stands. "
+        "Its steps use the environment's pool migrate_<env>."
+    )
     def rollback() -> None:
-        verify(downgrade())
+        done = downgrade()
+        verify(**{env: getattr(done, env) for env in environments})
 
     return [migrate, rollback]
