@@ -441,3 +441,91 @@ def test_migrate_and_rollback_steps_wait_for_their_environments_pool(workspace):
         thread.join(60)
         assert outcome["result"].success
         assert storage.get_concurrency_info("migrate_staging").claimed_slots == []
+
+
+# --- promotion through Dagster ---------------------------------------------------------------
+
+NEW = "new000000001"
+NEW_FILE = f"2024_03_02_0900-{NEW}_add.py"
+
+
+def _materialization(result, key):
+    (event,) = [
+        e.event_specific_data.materialization
+        for e in result.all_events
+        if e.event_type_value == "ASSET_MATERIALIZATION"
+        and e.event_specific_data.materialization.asset_key == key
+    ]
+    return event
+
+
+def _evaluation(result, key):
+    (evaluation,) = [
+        e.asset_check_evaluation_data
+        for e in result.all_events
+        if e.event_type_value == "ASSET_CHECK_EVALUATION"
+        and e.asset_check_evaluation_data.asset_key == key
+    ]
+    return evaluation
+
+
+def test_prod_alone_goes_no_further_than_staging_and_promote_carries_a_new_file_through(
+    workspace, instance
+):
+    defs = build_definitions(str(workspace.ini))
+    assert defs.resolve_job_def("promote").execute_in_process(instance=instance).success
+    workspace.add_revision("ecommerce", NEW_FILE, simple_revision(NEW, ECOMMERCE_HEAD, "wish"))
+    defs = build_definitions(str(workspace.ini))
+    job = defs.resolve_implicit_global_asset_job_def()
+
+    prod_alone = job.execute_in_process(
+        instance=instance, asset_selection=[_key("prod", "ecommerce")]
+    )
+
+    assert prod_alone.success
+    assert workspace.version_heads("prod") == {ECOMMERCE_HEAD, ANALYTICS_HEAD}
+    meta = _materialization(prod_alone, _key("prod", "ecommerce")).metadata
+    assert meta["promoted_to"].value == "nothing to do"
+    assert meta["reason"].value.startswith(
+        f"prod/ecommerce is at {ECOMMERCE_HEAD}: staging is at {ECOMMERCE_HEAD}, verified at "
+    )
+    # prod is where promotion takes it: its check passes though a newer file exists
+    assert _evaluation(prod_alone, _key("prod", "ecommerce")).passed
+
+    promote = defs.resolve_job_def("promote").execute_in_process(instance=instance)
+
+    assert promote.success
+    for env in ("dev", "staging", "prod"):
+        assert workspace.version_heads(env) == {NEW, ANALYTICS_HEAD}
+    staging = _materialization(promote, _key("staging", "ecommerce")).metadata
+    assert staging["promoted_to"].value == NEW
+    assert staging["reason"].value.startswith(f"staging/ecommerce: dev is at {NEW}, verified at ")
+    logs = [e.user_message for e in instance.all_logs(promote.run_id) if e.dagster_event is None]
+    assert any(m.startswith(f"prod/ecommerce: staging is at {NEW}, verified at ") for m in logs)
+
+
+def test_staging_does_not_move_past_a_dev_whose_verify_failed(workspace, instance):
+    defs = build_definitions(str(workspace.ini))
+    assert defs.resolve_job_def("promote").execute_in_process(instance=instance).success
+    workspace.add_revision("ecommerce", NEW_FILE, simple_revision(NEW, ECOMMERCE_HEAD, "wish"))
+    job = build_definitions(str(workspace.ini)).resolve_implicit_global_asset_job_def()
+    assert job.execute_in_process(
+        instance=instance, asset_selection=[_key("dev", "ecommerce")]
+    ).success
+    with workspace.connect("dev") as conn:  # drift in dev, found by its next verify
+        conn.exec_driver_sql("CREATE TABLE ecommerce.by_hand (id int)")
+        conn.commit()
+    dev_again = job.execute_in_process(
+        instance=instance, asset_selection=[_key("dev", "ecommerce")], raise_on_error=False
+    )
+    assert not _evaluation(dev_again, _key("dev", "ecommerce")).passed
+
+    staging = job.execute_in_process(
+        instance=instance, asset_selection=[_key("staging", "ecommerce")]
+    )
+
+    assert staging.success
+    assert workspace.version_heads("staging") == {ECOMMERCE_HEAD, ANALYTICS_HEAD}
+    meta = _materialization(staging, _key("staging", "ecommerce")).metadata
+    assert meta["promoted_to"].value == "nothing to do"
+    assert f"dev is at {NEW} but its last verify failed" in meta["reason"].value
