@@ -9,18 +9,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import sys
-from collections.abc import Sequence
+import traceback
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, NoReturn
 
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL
 
-from orchestration import audit, embedded, engine, launcher, targets
+from orchestration import audit, embedded, engine, launcher, targets, urls
 from orchestration.errors import ConfigurationError, MigrationError
 from orchestration.revisions import MigrationProject
-from orchestration.settings import load_settings
+from orchestration.settings import ProjectSettings, load_settings
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -29,12 +31,15 @@ Run this project's Alembic migrations against an environment's PostgreSQL databa
 with an advisory lock, timeouts, verification and an audit row for every step.
 
 Environments and their URL variables are in migrate.toml (DEV_DATABASE_URL, ...);
-with none set, an embedded PostgreSQL in .pgdata/ is started and used.
+with none set, an embedded PostgreSQL in .pgdata/ is started and used (a variable set
+to an empty string is an error, not "unset"). The first line of output names the
+environment and its database, password masked (--json: the "target" key).
 Like alembic, reads ./alembic.ini unless -c/--config or $ALEMBIC_CONFIG names another.
 """
 
 EPILOG = """\
-exit codes: 0 success, 1 migration or verify failed, 2 bad usage or configuration
+exit codes: 0 success, 1 migration or verify failed (or an internal error, with its
+traceback), 2 bad usage or configuration (one line on stderr, nothing changed)
 examples:
   migrate status
   migrate upgrade --env staging --schema ecommerce
@@ -44,21 +49,82 @@ examples:
 """
 
 
+# --- output: every line masked, the first naming the target --------------------------------
+
+
+class _Output:
+    """sys.stdout or sys.stderr while `migrate` runs: every write goes through
+    urls.redact; before stdout's first write, the target line (if known by then)."""
+
+    def __init__(self, stream: IO[str], first_line: Callable[[], str | None] | None = None):
+        self._stream = stream
+        self._first_line = first_line
+        self._started = False
+
+    def write(self, text: str) -> int:
+        if text and not self._started:
+            self._started = True
+            line = self._first_line() if self._first_line else None
+            if line:
+                self._stream.write(urls.redact(line) + "\n")
+        self._stream.write(urls.redact(text))
+        return len(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+class _Target:
+    """The database the command works on, as engine.connect reports it (first connect)."""
+
+    def __init__(self, settings: ProjectSettings | None = None, json_output: bool = False):
+        self.settings = settings
+        self.json_output = json_output
+        self.environment: str | None = None
+        self.url: URL | None = None
+        self.prefix = ""  # "-- " keeps `migrate plan` output valid SQL
+
+    def __call__(self, environment: str, url: URL) -> None:
+        if self.url is None:
+            self.environment, self.url = environment, url
+
+    @property
+    def embedded(self) -> bool:
+        return self.settings is not None and targets.uses_embedded(self.settings)
+
+    def shown(self) -> str | None:
+        return None if self.url is None else urls.display_url(self.url)
+
+    def line(self) -> str | None:
+        """The first line of text output: ``dev: postgresql+psycopg2://u:***@h:5432/db``."""
+        if self.url is None or self.json_output:
+            return None
+        embedded_mark = " (embedded)" if self.embedded else ""
+        return f"{self.prefix}{self.environment}: {self.shown()}{embedded_mark}"
+
+
+_target = _Target()
+
+
 def _short(revision: str | None) -> str:
     return revision or "base"
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     cells = [[("" if v is None else str(v)) for v in row] for row in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in cells]
     return "\n".join(lines)
 
 
-def _print_json(data: Any) -> None:
-    print(json.dumps(data, indent=2, default=str))
+def _print_json(data: dict[str, Any]) -> None:
+    """The command's JSON document, with the target after "environment", passwords masked."""
+    if _target.url is not None:
+        head = {k: data[k] for k in ("environment",) if k in data}
+        data = {**head, "target": _target.shown(), "embedded": _target.embedded, **data}
+    print(json.dumps(urls.redact_data(data), indent=2, default=str))
 
 
 def _progress_printer(header: str) -> Any:
@@ -101,6 +167,7 @@ def cmd_status(project: MigrationProject, args: argparse.Namespace) -> int:
 
 
 def cmd_plan(project: MigrationProject, args: argparse.Namespace) -> int:
+    _target.prefix = "-- "
     plans = engine.plan(project, args.env, args.schema)
     if args.json:
         _print_json({"environment": args.env, "schemas": [p.to_dict() for p in plans]})
@@ -128,7 +195,28 @@ def _report_run(result: engine.RunResult, args: argparse.Namespace) -> int:
     return EXIT_OK if result.ok else EXIT_FAILED
 
 
+_REVISION_ID = re.compile(r"^[A-Za-z0-9_]+$")
+_STEPS_BACK = re.compile(r"^-(\d+)$")
+
+
+def _check_to(project: MigrationProject, to: str, *, downgrade: bool) -> None:
+    """--to before anything connects: head (upgrade), base or -N (downgrade), or a
+    revision id of the project."""
+    if to == ("base" if downgrade else "head"):
+        return
+    steps = _STEPS_BACK.match(to)
+    if downgrade and steps:
+        if int(steps.group(1)) == 0:
+            raise ConfigurationError(f"--to {to}: give how many steps back, -1 or more")
+        return
+    if not _REVISION_ID.match(to) and project.revision(to) is None:
+        allowed = "base, -N or a revision id" if downgrade else "head or a revision id"
+        raise ConfigurationError(f"--to {to!r} is not a revision id: use {allowed}")
+    project.resolve(to)  # an unknown revision, before connecting
+
+
 def cmd_upgrade(project: MigrationProject, args: argparse.Namespace) -> int:
+    _check_to(project, args.to, downgrade=False)
     header = f"upgrading {args.env} ({', '.join(args.schema or project.schemas)}) to {args.to}"
     result = engine.upgrade(
         project,
@@ -141,6 +229,7 @@ def cmd_upgrade(project: MigrationProject, args: argparse.Namespace) -> int:
 
 
 def cmd_downgrade(project: MigrationProject, args: argparse.Namespace) -> int:
+    _check_to(project, args.to, downgrade=True)
     header = f"downgrading {args.env} ({', '.join(args.schema or [])}) to {args.to}"
     result = engine.downgrade(
         project,
@@ -166,12 +255,34 @@ def cmd_verify(project: MigrationProject, args: argparse.Namespace) -> int:
     return EXIT_OK if ok else EXIT_FAILED
 
 
+def _check_writable(option: str, value: str) -> Path:
+    """A file the command will write, checked before anything connects."""
+    path = Path(value)
+    folder = path.parent
+    if path.is_dir():
+        why = "it is a folder"
+    elif not folder.is_dir():
+        why = f"folder {folder} does not exist"
+    elif not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        why = "permission denied"
+    else:
+        return path
+    raise ConfigurationError(f"cannot write {option} {value}: {why}")
+
+
 def cmd_audit(project: MigrationProject, args: argparse.Namespace) -> int:
+    if args.limit < 1:
+        raise ConfigurationError(f"--limit must be a whole number >= 1, got {args.limit}")
+    plot = _check_writable("--plot", args.plot) if args.plot else None
     rows = engine.history(project, args.env, schemas=args.schema, limit=args.limit)
-    if args.plot:
+    if plot:
         from orchestration.plot import audit_timeline
 
-        Path(args.plot).write_text(audit_timeline(rows, f"alembic_version_history in {args.env}"))
+        picture = audit_timeline(rows, f"alembic_version_history in {args.env}")
+        try:
+            plot.write_text(picture)
+        except OSError as exc:
+            raise ConfigurationError(f"cannot write --plot {args.plot}: {exc.strerror}") from None
         print(f"wrote {args.plot} ({len(rows)} audit rows)", file=sys.stderr)
     if args.json:
         _print_json({"environment": args.env, "rows": [r.to_dict() for r in rows]})
@@ -221,7 +332,7 @@ def _dagster_env(project_settings: Any) -> dict[str, str]:
 def cmd_env(settings: Any, args: argparse.Namespace) -> int:
     """Print what dagster-webserver / dagster-daemon need, for `eval "$(migrate env)"`."""
     for name, value in _dagster_env(settings).items():
-        if sa_url_has_password(value):
+        if urls.has_password(value):
             print(f"# {name} is set in your environment (holds a password: not printed)")
         else:
             print(f"export {name}={shlex.quote(value)}")
@@ -258,18 +369,18 @@ def cmd_server(settings: Any, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def sa_url_has_password(value: str) -> bool:
-    try:
-        return bool(make_url(value).password)
-    except Exception:
-        return False
-
-
 # --- parser ------------------------------------------------------------------------------
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors are one line on stderr and exit 2, like every other bad input."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"migrate: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="migrate",
         description=DESCRIPTION,
         epilog=EPILOG,
@@ -278,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-c", "--config", help="path to alembic.ini (default: $ALEMBIC_CONFIG or ./alembic.ini)"
     )
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--env", default="dev", help="environment from migrate.toml (default: dev)")
     common.add_argument(
         "--schema",
@@ -348,10 +459,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Run one command. Everything it prints, on stdout and stderr, goes through
+    urls.redact; the first line of stdout names the target database."""
+    global _target
+    _target = _Target()
+    stdout, stderr = sys.stdout, sys.stderr
+    sys.stdout = _Output(stdout, first_line=lambda: _target.line())
+    sys.stderr = _Output(stderr)
+    token = engine.on_connect.set(lambda environment, url: _target(environment, url))
+    try:
+        return _run(argv)
+    finally:
+        engine.on_connect.reset(token)
+        sys.stdout, sys.stderr = stdout, stderr
+
+
+def _run(argv: Sequence[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    urls.register_url(os.environ.get(launcher.STORAGE_ENV))
     try:
         settings = load_settings(args.config)
+        _target.settings, _target.json_output = settings, bool(getattr(args, "json", False))
         if not getattr(args, "needs_project", True):
             return int(args.handler(settings, args))
         settings.environment(args.env)  # an unknown environment fails before anything runs
@@ -367,6 +495,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("migrate: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug, not a failed migration: keep its traceback
+        print(f"migrate: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        traceback.print_exc(file=sys.stderr)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -148,6 +149,9 @@ class VerifyResult:
 
 # --- connecting --------------------------------------------------------------------------
 
+# Called with (environment, url) after each successful connect (the CLI names its target).
+on_connect: ContextVar[Callable[[str, URL], None] | None] = ContextVar("on_connect", default=None)
+
 
 @contextmanager
 def connect(
@@ -168,6 +172,8 @@ def connect(
             raise ConfigurationError(
                 f"cannot connect to the {environment} database {display_url(url)}: {reason}"
             ) from None
+        if (announce := on_connect.get()) is not None:
+            announce(environment, url)
         with conn:
             try:
                 yield conn, url

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 from pathlib import Path
 
 from orchestration import targets
@@ -56,9 +57,15 @@ def dagster_environment(settings: ProjectSettings) -> dict[str, str]:
 
 
 def prepare_dagster_home(settings: ProjectSettings, home: Path | None = None) -> Path:
-    """$DAGSTER_HOME (default .dagster_home/ in the project) holding the project's dagster.yaml."""
+    """$DAGSTER_HOME (default .dagster_home/ in the project) holding the project's dagster.yaml.
+
+    Private to its owner (mode 0700, an existing folder's mode is fixed too): run logs and
+    compute logs (everything a run printed) are kept there.
+    """
     home = Path(home or os.environ.get("DAGSTER_HOME") or settings.root / ".dagster_home")
-    home.mkdir(parents=True, exist_ok=True)
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if stat.S_IMODE(home.stat().st_mode) != 0o700:
+        home.chmod(0o700)
     source = settings.root / "dagster.yaml"
     if source.is_file() and source.resolve() != (home / "dagster.yaml").resolve():
         shutil.copyfile(source, home / "dagster.yaml")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import configparser
+import math
 import os
 import re
 import tomllib
@@ -9,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from alembic.config import Config
+from alembic.util import CommandError
+from alembic.util.pyfiles import coerce_resource_to_filename
 
 from orchestration.errors import ConfigurationError
 
@@ -75,51 +79,217 @@ def find_alembic_ini(explicit: str | os.PathLike[str] | None = None) -> Path:
     return path.resolve()
 
 
-def load_settings(alembic_ini: str | os.PathLike[str] | None = None) -> ProjectSettings:
-    """Read alembic.ini and the migrate.toml it names (``migrate_config``)."""
-    ini = find_alembic_ini(alembic_ini)
+def _read_text(path: Path) -> str:
+    """A configuration file's text, or one clear error (unreadable, not UTF-8)."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigurationError(
+            f"{path}: not UTF-8 (byte {data[exc.start]:#04x} at offset {exc.start})"
+        ) from None
+
+
+# Options Alembic reads as paths: ConfigParser keeps an inline "# comment" in the value.
+_PATH_OPTIONS = ("script_location", "version_locations", "prepend_sys_path", "migrate_config")
+_INLINE_COMMENT = re.compile(r"\s#")
+
+
+def _check_alembic_ini(ini: Path) -> str | None:
+    """alembic.ini, read and checked as Alembic will use it: UTF-8, an [alembic] section,
+    no inline comment in a path, a script_location and version_locations that exist.
+    Returns its migrate_config, if it names one."""
+    _read_text(ini)
     config = Config(str(ini))
-    toml_path = Path(config.get_main_option("migrate_config") or ini.parent / "migrate.toml")
+    try:
+        parser = config.file_config
+        section = config.config_ini_section
+        if not parser.has_section(section):
+            raise ConfigurationError(f"{ini}: has no [{section}] section")
+        for option in _PATH_OPTIONS:
+            raw = parser.get(section, option, raw=True, fallback="")
+            inline = _INLINE_COMMENT.search(raw)
+            if inline:
+                comment = raw[inline.start() :].strip()
+                raise ConfigurationError(
+                    f"{ini} [{section}] {option}: inline comment {comment!r} is read as part "
+                    "of the value by Alembic: put comments on lines of their own"
+                )
+        script_location = config.get_alembic_option("script_location")
+        if not script_location:
+            raise ConfigurationError(f"{ini} [{section}]: no script_location")
+        try:
+            folder = coerce_resource_to_filename(script_location)
+        except ImportError as exc:
+            raise ConfigurationError(f"{ini} [{section}] script_location: {exc}") from None
+        if not Path(folder).is_dir():
+            raise ConfigurationError(f"{ini} [{section}] script_location: {folder} does not exist")
+        for location in config.get_version_locations_list() or []:
+            if not Path(location).is_dir():
+                raise ConfigurationError(
+                    f"{ini} [{section}] version_locations: {location} does not exist"
+                )
+        return config.get_main_option("migrate_config")
+    except (configparser.Error, CommandError) as exc:
+        raise ConfigurationError(f"{ini}: {' '.join(str(exc).split())}") from None
+
+
+def load_settings(alembic_ini: str | os.PathLike[str] | None = None) -> ProjectSettings:
+    """Read alembic.ini and the migrate.toml it names (``migrate_config``), and check both:
+    any mistake is one ConfigurationError, before anything connects."""
+    ini = find_alembic_ini(alembic_ini)
+    named = _check_alembic_ini(ini)
+    toml_path = Path(named or ini.parent / "migrate.toml")
+    if named and not toml_path.is_file():
+        raise ConfigurationError(f"{ini}: migrate_config names {toml_path}, which does not exist")
     data: dict = {}
     if toml_path.is_file():
         try:
-            data = tomllib.loads(toml_path.read_text())
+            data = tomllib.loads(_read_text(toml_path))
         except tomllib.TOMLDecodeError as exc:
             raise ConfigurationError(f"{toml_path}: {exc}") from None
-    return settings_from_dict(ini, data)
+    return settings_from_dict(ini, data, source=toml_path.name)
 
 
-def settings_from_dict(ini: Path, data: dict) -> ProjectSettings:
-    envs_data = data.get("environments") or {
-        name: {"url_env": f"{name.upper()}_DATABASE_URL"} for name in DEFAULT_ENVIRONMENTS
-    }
-    environments = []
-    for name, values in envs_data.items():
-        check_identifier("environment", name)
-        values = dict(values)
-        fleet = values.pop("fleet", {})
-        try:
-            environments.append(
-                EnvironmentSettings(
-                    name=name,
-                    **{"url_env": f"{name.upper()}_DATABASE_URL", **values},
-                    fleet_databases=tuple(
-                        check_identifier("fleet database", d) for d in fleet.get("databases", [])
-                    ),
-                    fleet_query=fleet.get("query") or None,
-                )
-            )
-        except TypeError as exc:
-            raise ConfigurationError(f"migrate.toml [environments.{name}]: {exc}") from None
-        if environments[-1].promote not in ("auto", "manual"):
+# --- migrate.toml, checked key by key ------------------------------------------------------
+
+_SECTIONS = {"audit": {"schema"}, "lock": {"wait_timeout_seconds"}, "environments": set()}
+_ENVIRONMENT_KEYS = {"url_env", "lock_timeout", "statement_timeout", "promote", "fleet"}
+_FLEET_KEYS = {"databases", "query"}
+_VARIABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(us|ms|s|min|h|d)?\s*$")
+_UNIT_MS = {"us": 0.001, "ms": 1, "s": 1000, "min": 60_000, "h": 3_600_000, "d": 86_400_000}
+_MAX_MS = 2_147_483_647  # PostgreSQL's limit for lock_timeout and statement_timeout
+
+
+def parse_duration(value: str) -> int:
+    """Milliseconds of a PostgreSQL duration as ``SET lock_timeout`` reads it ("5s",
+    "500ms", "10min", "250" = ms); ValueError saying why not."""
+    match = _DURATION.match(value)
+    if not match:
+        raise ValueError('use a number and a unit: us, ms, s, min, h or d (e.g. "5s")')
+    amount = float(match.group(1)) * _UNIT_MS[match.group(2) or "ms"]
+    milliseconds = round(amount)
+    if milliseconds > _MAX_MS:
+        raise ValueError(f"out of range: at most {_MAX_MS} ms (about 24 days)")
+    if amount > 0 and milliseconds == 0:
+        raise ValueError('under 1 ms rounds to 0, which turns the timeout off (write "0")')
+    return milliseconds
+
+
+def _table_of(data: dict, key: str, where: str) -> dict:
+    value = data.get(key, {})
+    if not isinstance(value, dict):
+        raise ConfigurationError(f"{where} must be a table")
+    return value
+
+
+def _known_keys(table: dict, known: set[str], where: str) -> None:
+    for key in table:
+        if key not in known:
             raise ConfigurationError(
-                f"migrate.toml [environments.{name}]: promote must be 'auto' or 'manual'"
+                f"{where}: unknown key {key!r} (known: {', '.join(sorted(known))})"
             )
-    audit_schema = check_identifier("audit schema", data.get("audit", {}).get("schema", "public"))
-    lock_wait = float(data.get("lock", {}).get("wait_timeout_seconds", 60))
+
+
+def _string(table: dict, key: str, where: str, default: str) -> str:
+    value = table.get(key, default)
+    if not isinstance(value, str):
+        raise ConfigurationError(f"{where} {key}: must be a string, got {value!r}")
+    return value
+
+
+def _duration(table: dict, key: str, where: str, default: str) -> str:
+    value = table.get(key, default)
+    if not isinstance(value, str):
+        raise ConfigurationError(
+            f'{where} {key}: must be a string such as "5s", "500ms" or "10min", got {value!r}'
+        )
+    try:
+        parse_duration(value)
+    except ValueError as exc:
+        raise ConfigurationError(
+            f"{where} {key}: {value!r} is not a PostgreSQL duration: {exc}"
+        ) from None
+    return value
+
+
+def _environment(name: str, values: object, source: str) -> EnvironmentSettings:
+    where = f"{source} [environments.{name}]"
+    if not isinstance(values, dict):
+        raise ConfigurationError(f"{where} must be a table")
+    check_identifier("environment", name)
+    _known_keys(values, _ENVIRONMENT_KEYS, where)
+    defaults = EnvironmentSettings(name=name, url_env=f"{name.upper()}_DATABASE_URL")
+    url_env = _string(values, "url_env", where, defaults.url_env)
+    if not _VARIABLE.match(url_env):
+        raise ConfigurationError(f"{where} url_env: {url_env!r} is not a variable name")
+    promote = _string(values, "promote", where, defaults.promote)
+    if promote not in ("auto", "manual"):
+        raise ConfigurationError(f"{where} promote: must be 'auto' or 'manual', got {promote!r}")
+    fleet_where = f"{source} [environments.{name}.fleet]"
+    fleet = _table_of(values, "fleet", fleet_where)
+    _known_keys(fleet, _FLEET_KEYS, fleet_where)
+    databases = fleet.get("databases", [])
+    if not isinstance(databases, list) or not all(isinstance(d, str) for d in databases):
+        raise ConfigurationError(
+            f"{fleet_where} databases: must be a list of database names, got {databases!r}"
+        )
+    query = fleet.get("query")
+    if query is not None and not isinstance(query, str):
+        raise ConfigurationError(f"{fleet_where} query: must be a string, got {query!r}")
+    return EnvironmentSettings(
+        name=name,
+        url_env=url_env,
+        lock_timeout=_duration(values, "lock_timeout", where, defaults.lock_timeout),
+        statement_timeout=_duration(values, "statement_timeout", where, defaults.statement_timeout),
+        promote=promote,
+        fleet_databases=tuple(check_identifier("fleet database", d) for d in databases),
+        fleet_query=query or None,
+    )
+
+
+def settings_from_dict(ini: Path, data: dict, *, source: str = "migrate.toml") -> ProjectSettings:
+    """Settings from migrate.toml's parsed content; unknown sections and keys, wrong types
+    and out-of-range values are ConfigurationErrors naming ``source`` and the key."""
+    for key in data:
+        if key not in _SECTIONS:
+            known = ", ".join(sorted(_SECTIONS))
+            raise ConfigurationError(f"{source}: unknown section [{key}] (known: {known})")
+    audit = _table_of(data, "audit", f"{source} [audit]")
+    _known_keys(audit, _SECTIONS["audit"], f"{source} [audit]")
+    lock = _table_of(data, "lock", f"{source} [lock]")
+    _known_keys(lock, _SECTIONS["lock"], f"{source} [lock]")
+    envs_data = _table_of(data, "environments", f"{source} [environments]")
+    if "environments" in data and not envs_data:
+        raise ConfigurationError(f"{source}: [environments] is empty: name at least one")
+    if not envs_data:
+        envs_data = {
+            name: {"url_env": f"{name.upper()}_DATABASE_URL"} for name in DEFAULT_ENVIRONMENTS
+        }
+    environments = tuple(_environment(name, values, source) for name, values in envs_data.items())
+    schema = _string(audit, "schema", f"{source} [audit]", "public")
+    try:
+        audit_schema = check_identifier("audit schema", schema)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"{source} [audit] schema: {exc}") from None
+    lock_wait = lock.get("wait_timeout_seconds", 60)
+    if (
+        isinstance(lock_wait, bool)
+        or not isinstance(lock_wait, int | float)
+        or not math.isfinite(lock_wait)
+        or lock_wait < 0
+    ):
+        raise ConfigurationError(
+            f"{source} [lock] wait_timeout_seconds: must be a finite number of seconds >= 0, "
+            f"got {lock_wait!r}"
+        )
     return ProjectSettings(
         alembic_ini=ini,
-        environments=tuple(environments),
+        environments=environments,
         audit_schema=audit_schema,
-        lock_wait_timeout_seconds=lock_wait,
+        lock_wait_timeout_seconds=float(lock_wait),
     )

@@ -9,12 +9,31 @@ from sqlalchemy.engine import URL
 from orchestration import embedded
 from orchestration.errors import ConfigurationError
 from orchestration.settings import ProjectSettings
-from orchestration.urls import normalize_url
+from orchestration.urls import normalize_url, register_url
+
+
+def configured_urls(settings: ProjectSettings) -> dict[str, str]:
+    """The URL variables that are set, by variable name; their passwords are registered
+    for masking. A variable set to an empty or blank string is an error, never "unset":
+    it would silently select the embedded server."""
+    found = {}
+    for env in settings.environments:
+        raw = os.environ.get(env.url_env)
+        if raw is None:
+            continue
+        if not raw.strip():
+            raise ConfigurationError(
+                f"{env.url_env} is set but empty: give the {env.name} database's URL, or "
+                "unset it (with no URL variable set, the embedded server is used)"
+            )
+        register_url(raw)
+        found[env.url_env] = raw
+    return found
 
 
 def uses_embedded(settings: ProjectSettings) -> bool:
     """The embedded default applies only when no environment names a URL at all."""
-    return not any(os.environ.get(env.url_env) for env in settings.environments)
+    return not configured_urls(settings)
 
 
 def _embedded_server(settings: ProjectSettings) -> URL:
@@ -29,8 +48,8 @@ def database_url(settings: ProjectSettings, environment: str) -> URL:
     env = settings.environment(environment)
     if uses_embedded(settings):
         return _embedded_server(settings).set(database=env.name)
-    raw = os.environ.get(env.url_env)
-    if not raw:
+    raw = configured_urls(settings).get(env.url_env)
+    if raw is None:
         raise ConfigurationError(
             f"{env.url_env} is not set: other environments have URLs, so the embedded "
             f"default is off and {env.name!r} needs its own"

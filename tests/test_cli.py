@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import json
+import shutil
+import stat
+import uuid
 
 import pytest
-from conftest import ANALYTICS_HEAD, ECOMMERCE_HEAD, Workspace, failing_revision
+import sqlalchemy as sa
+from conftest import (
+    ANALYTICS_HEAD,
+    ECOMMERCE_HEAD,
+    ENV_URL_VARS,
+    Workspace,
+    failing_revision,
+    revision_file,
+)
 
-from orchestration import engine
+from orchestration import embedded, engine, launcher
 from orchestration.cli import main
 
 
@@ -239,3 +250,254 @@ def test_alembic_stamp_is_audited_with_where_the_table_was_and_is(workspace: Wor
         ("stamp", "downgrade", "ecommerce", ECOMMERCE_HEAD, None),
     ]
     assert workspace.version_heads() == set()
+
+
+# --- secrets in every form (issue 11, item 9) ---------------------------------------------
+
+TYPED_PASSWORD = "Hunter2%25Sekr!t"  # typed in a URL; the password itself is Hunter2%Sekr!t
+
+
+@pytest.fixture(scope="session")
+def secret_role(server_url):
+    """A superuser role whose password has a percent sign and a `!` (checked unless the
+    server trusts every local connection). Objects it creates go with the test databases."""
+    name = f"secret_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(server_url, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
+    with admin.connect() as conn:
+        conn.execute(sa.text(f"CREATE ROLE {name} LOGIN SUPERUSER PASSWORD 'Hunter2%Sekr!t'"))
+    yield name
+    with admin.connect() as conn:
+        conn.execute(sa.text(f"DROP ROLE IF EXISTS {name}"))
+    admin.dispose()
+
+
+def _typed_url(url, spelling: str, role: str, form: str) -> str:
+    """The URL of ``url``'s database as a person types it, password in userinfo or query."""
+    where = f"{url.host}:{url.port}" if url.host else ""
+    query = dict(url.query)
+    if form == "userinfo":
+        userinfo = f"{role}:{TYPED_PASSWORD}@"
+    else:
+        userinfo = f"{role}@"
+        query["password"] = "Hunter2%25Sekr%21t"
+    tail = "&".join(f"{k}={v}" for k, v in query.items())
+    return f"{spelling}://{userinfo}{where}/{url.database}" + (f"?{tail}" if tail else "")
+
+
+LEAKY = """
+    import os
+    url = os.environ["DEV_DATABASE_URL"]
+    decoded = sa.engine.make_url(url).password or sa.engine.make_url(url).query["password"]
+    raise RuntimeError(f"cannot reach {url} (password {decoded})")"""
+
+
+@pytest.mark.parametrize("form", ["userinfo", "query"])
+@pytest.mark.parametrize("spelling", ["postgresql", "postgres", "postgresql+psycopg2"])
+def test_a_password_in_any_form_reaches_no_output_and_no_audit_row(
+    workspace: Workspace, capsys, monkeypatch, secret_role, spelling, form
+):
+    typed = _typed_url(workspace.urls["dev"], spelling, secret_role, form)
+    monkeypatch.setenv("DEV_DATABASE_URL", typed)
+    workspace.add_revision(
+        "ecommerce",
+        "2024_03_01_0900-leak00000001_leak.py",
+        revision_file("leak00000001", ECOMMERCE_HEAD, LEAKY),
+    )
+    outputs = []
+    for extra in ([], ["--json"]):
+        code, out, err = run(capsys, "upgrade", "--schema", "ecommerce", *extra)
+        assert code == 1 and "cannot reach" in out + err
+        outputs.append(out + err)
+    code, out, err = run(capsys, "audit", "--json", "--limit", "50")
+    outputs.append(out + err)
+    errors = [r.error for r in workspace.audit() if r.error]
+    assert len(errors) == 2 and all("cannot reach" in e for e in errors)
+    for text in [*outputs, *errors]:
+        assert "Sekr" not in text, text
+
+
+def test_a_query_password_is_masked_when_the_database_is_unreachable(
+    workspace: Workspace, capsys, monkeypatch
+):
+    monkeypatch.setenv(
+        "DEV_DATABASE_URL", "postgres://postgres@127.0.0.1:1/nowhere?password=s3cret%25pw"
+    )
+    code, out, err = run(capsys, "status")
+    assert code == 2 and err.count("\n") == 1
+    assert "127.0.0.1:1/nowhere?password=***" in err
+    assert "s3cret" not in out + err
+
+
+def test_env_command_prints_no_query_password(workspace: Workspace, capsys, monkeypatch):
+    monkeypatch.setenv(
+        "DAGSTER_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/dagster?password=s3cret"
+    )
+    code, out, err = run(capsys, "env")
+    assert code == 0 and "DAGSTER_POSTGRES_URL" in out
+    assert "s3cret" not in out + err
+
+
+def test_dagster_home_is_private(workspace: Workspace, tmp_path):
+    settings = workspace.project().settings
+    fresh = launcher.prepare_dagster_home(settings, tmp_path / "home")
+    assert stat.S_IMODE(fresh.stat().st_mode) == 0o700
+    existing = tmp_path / "open"
+    existing.mkdir(mode=0o777)
+    existing.chmod(0o777)
+    assert stat.S_IMODE(launcher.prepare_dagster_home(settings, existing).stat().st_mode) == 0o700
+
+
+# --- the target is never a surprise (issue 11, item 10) -----------------------------------
+
+
+@pytest.mark.parametrize("value", ["", "   "])
+def test_an_empty_url_variable_is_an_error_not_the_embedded_server(
+    workspace: Workspace, capsys, monkeypatch, tmp_path, request, value
+):
+    monkeypatch.setenv(embedded.DATA_DIR_ENV, str(tmp_path / "pgdata"))
+    request.addfinalizer(lambda: embedded.stop_server(workspace.root))  # if one was started
+    for var in ENV_URL_VARS:
+        monkeypatch.setenv(var, value)
+    code, out, err = run(capsys, "status")
+    assert code == 2 and out == ""
+    assert err.startswith("migrate: error: DEV_DATABASE_URL is set but empty")
+    assert err.count("\n") == 1
+    assert not (tmp_path / "pgdata").exists()
+
+
+def test_an_empty_url_variable_of_another_environment_is_an_error_too(
+    workspace: Workspace, capsys, monkeypatch
+):
+    monkeypatch.setenv("PROD_DATABASE_URL", "")
+    code, _, err = run(capsys, "status")
+    assert code == 2 and "PROD_DATABASE_URL is set but empty" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["status"],
+        ["plan"],
+        ["upgrade", "--schema", "ecommerce"],
+        ["verify"],
+        ["audit"],
+        ["downgrade", "--schema", "ecommerce", "--to", "base"],
+    ],
+)
+def test_every_command_names_its_target_first(
+    workspace: Workspace, capsys, monkeypatch, secret_role, args
+):
+    url = workspace.urls["dev"].set(username=secret_role, password="Hunter2%Sekr!t")
+    monkeypatch.setenv("DEV_DATABASE_URL", url.render_as_string(hide_password=False))
+    if args[0] == "downgrade":
+        assert run(capsys, "upgrade", "--schema", "ecommerce")[0] == 0
+    code, out, _ = run(capsys, *args)
+    assert code in (0, 1)  # verify of a fresh database fails: it is behind head
+    shown = f"postgresql+psycopg2://{secret_role}:***@{url.host}:{url.port}/{url.database}"
+    sql_comment = "-- " if args[0] == "plan" else ""  # plan's output stays valid SQL
+    assert out.splitlines()[0] == f"{sql_comment}dev: {shown}"
+
+    code, out, _ = run(capsys, *args, "--json")
+    document = json.loads(out)
+    assert document["target"] == shown and document["embedded"] is False
+
+
+# --- bad input is one line and exit 2; empty results are results (issue 11, item 11) ------
+
+UNREACHABLE = "postgresql://postgres@127.0.0.1:1/nowhere"
+
+
+def test_audit_of_a_new_database_is_an_empty_table(workspace: Workspace, capsys):
+    code, out, err = run(capsys, "audit")
+    assert code == 0, err
+    assert out.splitlines()[1] == "alembic_version_history in dev (newest first)"
+    assert out.splitlines()[2].split() == ["id", "changed_at", "schema", "operation",
+                                           "direction", "from", "to", "ok", "ms",
+                                           "checksum", "run_id", "error"]  # fmt: skip
+    assert len(out.splitlines()) == 4  # target, title, header, rule
+    code, out, _ = run(capsys, "audit", "--json")
+    assert code == 0 and json.loads(out)["rows"] == []
+
+
+def test_status_of_a_project_with_no_schemas_is_empty(workspace: Workspace, capsys):
+    for folder in workspace.versions.iterdir():
+        shutil.rmtree(folder)
+    ini = workspace.ini.read_text()
+    start = ini.index("version_locations =")
+    end = ini.index("\n\n", start)
+    workspace.ini.write_text(ini[:start] + ini[end:])
+    code, out, err = run(capsys, "status")
+    assert code == 0, err
+    assert out.splitlines()[2].split() == ["schema", "current", "head", "at", "head"]
+    assert len(out.splitlines()) == 4
+    code, out, _ = run(capsys, "status", "--json")
+    assert code == 0 and json.loads(out)["schemas"] == []
+
+
+def run_or_exit(capsys, *args: str) -> tuple[int, str, str]:
+    """main(), also when argparse itself rejects the command line (SystemExit)."""
+    try:
+        code = main(list(args))
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["audit", "--limit", "-1"], "--limit must be a whole number >= 1"),
+        (["audit", "--limit", "0"], "--limit must be a whole number >= 1"),
+        (["audit", "--limit", "many"], "invalid int value: 'many'"),
+        (["audit", "--plot", "/nonexistent/folder/timeline.svg"], "cannot write --plot"),
+        (["audit", "--plot", "."], "cannot write --plot"),
+        (["upgrade", "--to", "x;drop"], "--to 'x;drop' is not a revision id"),
+        (["downgrade", "--schema", "ecommerce", "--to", "x;drop"], "is not a revision id"),
+        (["downgrade", "--schema", "ecommerce", "--to", "-0"], "--to -0"),
+        (["upgrade", "--schema", "ecommerce", "--to", " "], "is not a revision id"),
+        (["statuz"], "invalid choice: 'statuz'"),
+    ],
+)
+def test_bad_input_is_found_before_connecting(
+    workspace: Workspace, capsys, monkeypatch, args, expected
+):
+    """Checked before connecting: with an unreachable database, the error is the input's."""
+    monkeypatch.setenv("DEV_DATABASE_URL", UNREACHABLE)
+    code, out, err = run_or_exit(capsys, *args)
+    assert code == 2 and out == ""
+    assert err.startswith("migrate: error: ") and err.count("\n") == 1, err
+    assert expected in err and "cannot connect" not in err
+
+
+def test_a_programming_error_is_an_internal_error_with_its_traceback(
+    workspace: Workspace, capsys, monkeypatch
+):
+    def broken(*args, **kwargs):
+        raise TypeError("unsupported operand type(s) for +: 'int' and 'str'")
+
+    monkeypatch.setattr(engine, "status", broken)
+    code, _, err = run(capsys, "status")
+    assert code == 1
+    first = err.splitlines()[0]
+    assert first == (
+        "migrate: internal error: TypeError: unsupported operand type(s) for +: 'int' and 'str'"
+    )
+    assert "Traceback (most recent call last)" in err and "in broken" in err
+    assert "failed" not in err
+
+
+def test_the_embedded_server_is_named_as_such(workspace: Workspace, capsys, monkeypatch, tmp_path):
+    for var in ENV_URL_VARS:
+        monkeypatch.delenv(var)
+    monkeypatch.setenv(embedded.DATA_DIR_ENV, str(tmp_path / "pgdata"))
+    try:
+        code, out, err = run(capsys, "status")
+        assert code == 0, err
+        first = out.splitlines()[0]
+        assert first.startswith("dev: postgresql+psycopg2://") and first.endswith(" (embedded)")
+        assert "/dev?host=" in first and str(tmp_path / "pgdata") in first
+        code, out, _ = run(capsys, "status", "--json")
+        assert json.loads(out)["embedded"] is True
+    finally:
+        embedded.stop_server(workspace.root)

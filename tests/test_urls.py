@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.engine import make_url
 
+from orchestration import urls
 from orchestration.errors import ConfigurationError
 from orchestration.urls import display_url, normalize_url, redact
 
@@ -48,3 +50,92 @@ def test_passwords_are_masked_and_redacted():
     rendered = url.render_as_string(hide_password=False)
     assert "p%40ss%25word" in rendered
     assert redact(f"cannot use {rendered}", url) == "cannot use postgresql+psycopg2://u:***@db/app"
+
+
+# --- secrets in every form (issue 11, item 9) ---------------------------------------------
+
+SPELLINGS = ["postgresql", "postgres", "postgresql+psycopg2"]
+TYPED = "Hunter2%25Sekr!t"  # as typed in a URL: %25 is a percent sign
+DECODED = "Hunter2%Sekr!t"  # what the server gets
+# as typed, decoded, quote/quote_plus encoded (as SQLAlchemy renders it), the typed form encoded
+FORMS = [TYPED, DECODED, "Hunter2%25Sekr%21t", "Hunter2%2525Sekr%21t"]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_registry():
+    """Each test starts with no password known from an earlier one."""
+    urls.forget_passwords()
+    yield
+    urls.forget_passwords()
+
+
+@pytest.mark.parametrize("scheme", [*SPELLINGS, "postgresql+psycopg", "redis", "https"])
+def test_the_userinfo_password_of_any_url_like_text_is_masked(scheme):
+    text = f"could not use {scheme}://app_user:n0t-known-Pw@db.example:5432/app?sslmode=require."
+    assert (
+        redact(text)
+        == f"could not use {scheme}://app_user:***@db.example:5432/app?sslmode=require."
+    )
+    # no user name, or a password holding what a URL would not allow unencoded
+    assert redact(f"{scheme}://:pw-only@h/db") == f"{scheme}://:***@h/db"
+    assert "x/y" not in redact(f"'{scheme}://u:x/y@h/db'")
+    # nothing to mask: left alone
+    assert redact(f"{scheme}://u@h:5432/db") == f"{scheme}://u@h:5432/db"
+
+
+@pytest.mark.parametrize(
+    ("text", "kept"),
+    [
+        (
+            "postgresql://u@h/db?sslmode=require&password=qu3ry-Pw&x=1",
+            "sslmode=require&password=***&x=1",
+        ),
+        ("postgres://u@h/db?PASSWORD=qu3ry-Pw", "PASSWORD=***"),
+        ("host=h port=5432 password=qu3ry-Pw user=u", "password=*** user=u"),
+        ("host=h password = 'qu3ry-Pw with \\' quote' user=u", "password = *** user=u"),
+        ("PGPASSWORD=qu3ry-Pw psql", "PGPASSWORD=*** psql"),
+        ("{'password': 'qu3ry-Pw', 'user': 'u'}", "'password': '***', 'user': 'u'}"),
+    ],
+)
+def test_password_parameters_are_masked_in_urls_and_libpq_dsns(text, kept):
+    masked = redact(text)
+    assert "qu3ry-Pw" not in masked and "quote" not in masked
+    assert masked.endswith(kept)
+
+
+@pytest.mark.parametrize("spelling", SPELLINGS)
+def test_normalize_url_registers_every_form_of_the_password(spelling):
+    url = normalize_url(f"{spelling}://app:{TYPED}@db:5432/app")
+    assert url.password == DECODED
+    message = " | ".join(f"form {form} here" for form in FORMS)
+    # later, without the URL at hand (an error text, an audit row, a Dagster event)
+    masked = redact(message)
+    assert "Sekr" not in masked, masked
+    assert masked.count("***") == len(FORMS)
+    # words that merely contain a short password are not mangled
+    normalize_url(f"{spelling}://app:post@db/app")
+    shown = redact("postgresql and postgres: password post")
+    assert shown == "postgresql and postgres: password ***"
+
+
+@pytest.mark.parametrize("spelling", SPELLINGS)
+def test_a_query_password_is_registered_and_masked_in_display_url(spelling):
+    url = normalize_url(f"{spelling}://app@db/app?password={TYPED}&sslmode=require")
+    shown = display_url(url)
+    assert "Sekr" not in shown
+    assert shown == "postgresql+psycopg2://app@db/app?password=***&sslmode=require"
+    assert redact(f"server said {DECODED}") == "server said ***"
+
+
+def test_redact_with_urls_given_keeps_working_for_passwords_never_registered():
+    url = make_url(f"postgresql://app:{TYPED}@db/app")  # parsed elsewhere, never normalized
+    assert redact(f"x {DECODED} y", url) == "x *** y"
+    assert redact(f"x {TYPED} y", f"postgres://app:{TYPED}@db/app") == "x *** y"
+    assert redact("nothing secret", None) == "nothing secret"
+
+
+def test_has_password_sees_userinfo_and_query_passwords():
+    assert urls.has_password("postgresql://u:pw@h/db")
+    assert urls.has_password("postgres://u@h/db?password=pw")
+    assert not urls.has_password("postgresql://u@h/db?sslmode=require")
+    assert not urls.has_password("/tmp/dagster_home")
