@@ -14,6 +14,9 @@ TABLE_NAME = "alembic_version_history"
 
 # Operations and directions, as Audit-Alembic spells them (plus rollback and verify).
 MIGRATION, ROLLBACK, STAMP, VERIFY = "migration", "rollback", "stamp", "verify"
+# A reference accepted by hand (`migrate baseline`): the catalog as it is, and the file
+# checksums of the applied revisions, become what verify compares with.
+BASELINE = "baseline"
 UPGRADE, DOWNGRADE = "upgrade", "downgrade"
 
 
@@ -195,7 +198,7 @@ def recent_rows(
 
 
 def applied_checksums(conn: sa.Connection, schema: str, schema_name: str) -> dict[str, str | None]:
-    """revision -> checksum of the file when it was last applied successfully.
+    """revision -> checksum of the file when it was last applied (or baselined).
 
     The table must exist (ensure_table): a reflection query here cost more than the query.
     """
@@ -204,7 +207,7 @@ def applied_checksums(conn: sa.Connection, schema: str, schema_name: str) -> dic
         sa.select(table.c.alembic_version, table.c.revision_checksum)
         .where(
             table.c.schema_name == schema_name,
-            table.c.operation == MIGRATION,
+            table.c.operation.in_((MIGRATION, BASELINE)),
             table.c.success.is_(True),
         )
         .order_by(table.c.id)

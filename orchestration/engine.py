@@ -7,6 +7,7 @@ timeouts and audit trail live), and returns values: dataclasses, not log lines.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import re
 import time
@@ -569,7 +570,8 @@ def _drift(project: MigrationProject, conn: sa.Connection, st: SchemaStatus) -> 
         findings.append(
             VerifyFinding(
                 "drift",
-                f"no catalog snapshot of {st.schema} at {st.current or 'base'}: drift not checked",
+                f"no baseline of {st.schema} at {st.current or 'base'}: drift not checked "
+                "(`migrate baseline` records the schema as it is now as the reference)",
                 severity="warning",
             )
         )
@@ -653,6 +655,100 @@ def verify(
             result.audit_id = audit.insert_row(conn, project.settings.audit_schema, row).id
             conn.commit()
             results.append(result)
+    return results
+
+
+# --- baseline: a reference accepted by hand -------------------------------------------------
+
+
+@dataclass
+class BaselineResult:
+    """What `baseline` accepted for one schema: the drift it adopted, the checksums it
+    recorded, and the audit rows that say so."""
+
+    environment: str
+    schema: str
+    current: str | None
+    accepted_drift: list[str]
+    recorded_checksums: list[str]
+    audit_ids: list[int]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def baseline(
+    project: MigrationProject,
+    environment: str,
+    schemas: list[str] | None = None,
+    *,
+    run_id: str | None = None,
+) -> list[BaselineResult]:
+    """Accept each schema as it is now: its live catalog becomes the reference verify
+    compares with, and each applied revision's file checksum is recorded where none was
+    (a database plain Alembic migrated) or where it differs. Every acceptance is an audit
+    row (operation ``baseline``): drift is only ever adopted by this explicit act.
+    """
+    selected = _schemas(project, schemas)
+    audit_schema = project.settings.audit_schema
+    results = []
+    with (
+        connect(project, environment) as (conn, _),
+        advisory_lock(conn, project.settings.lock_wait_timeout_seconds),
+    ):
+        audit.ensure_table(conn, audit_schema)
+        executed_by = conn.scalar(sa.text("SELECT current_user"))
+        conn.commit()
+        for st in _status_from_heads(project, _db_heads(conn), selected):
+            recorded = audit.applied_checksums(conn, audit_schema, st.schema)
+            expected = catalog.load(conn, audit_schema, st.schema, st.current)
+            live = catalog.snapshot(conn, st.schema)
+            drift = catalog.diff(expected, live) if expected is not None else []
+            applied = [r for r in project.revisions(st.schema) if r not in st.pending]
+            anew = [r for r in applied if recorded.get(r.revision) != r.checksum]
+            if st.current is not None and all(r.revision != st.current for r in anew):
+                anew.append(next(r for r in applied if r.revision == st.current))
+            rows = [
+                audit.AuditRow(
+                    operation=audit.BASELINE,
+                    alembic_version=r.revision,
+                    prev_alembic_version=r.revision,
+                    operation_direction=None,
+                    schema_name=st.schema,
+                    environment=environment,
+                    success=True,
+                    user_version=r.create_date,
+                    revision_checksum=r.checksum,
+                    executed_by=executed_by,
+                    run_id=run_id,
+                )
+                for r in anew
+            ] or [
+                audit.AuditRow(
+                    operation=audit.BASELINE,
+                    alembic_version=None,
+                    prev_alembic_version=None,
+                    operation_direction=None,
+                    schema_name=st.schema,
+                    environment=environment,
+                    success=True,
+                    executed_by=executed_by,
+                    run_id=run_id,
+                )
+            ]
+            ids = [audit.insert_row(conn, audit_schema, row).id for row in rows]
+            catalog.save(conn, audit_schema, st.schema, st.current, live)
+            conn.commit()
+            results.append(
+                BaselineResult(
+                    environment,
+                    st.schema,
+                    st.current,
+                    drift,
+                    [r.revision for r in anew if recorded.get(r.revision) != r.checksum],
+                    [i for i in ids if i is not None],
+                )
+            )
     return results
 
 

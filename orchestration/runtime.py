@@ -292,15 +292,11 @@ class StepRecorder:
         return tracked
 
     def _from(self, info: MigrationInfo, revision: Revision) -> str | None:
-        """Where the schema stands before this step (its first in the run)."""
+        """Where the schema stands before this step (its first in the run): down_revision
+        never crosses schemas (depends_on does), so it names the schema's own revision."""
         if info.is_upgrade:
-            mine = [d for d in revision.down_revisions if self._schema_of(d) == revision.schema]
-            return mine[0] if mine else None
+            return revision.down_revisions[0] if revision.down_revisions else None
         return revision.revision
-
-    def _schema_of(self, revision_id: str) -> str | None:
-        known = self.project.revision(revision_id) if self.project else None
-        return known.schema if known else None
 
     def _remember(self, conn: sa.Connection, schema: str, revision: str | None) -> None:
         """The schema's catalog and stored reference before the run touches it. Drift found

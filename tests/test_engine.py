@@ -367,3 +367,14 @@ def test_an_audit_schema_of_its_own_gets_every_row(workspace: Workspace):
     )
     assert sorted(r.id for r in rows) == sorted([s.id for s in result.steps] + [check.audit_id])
     assert workspace.audit() == []  # nothing in public
+
+
+def test_alembic_still_carries_the_step_generator(workspace: Workspace):
+    """runtime.track_steps wraps MigrationContext._migrations_fn, the one private attribute
+    the project relies on (failed steps are audited through it): fail loudly if it goes."""
+    from alembic.runtime.migration import MigrationContext
+
+    context = MigrationContext.configure(
+        dialect_name="postgresql", opts={"fn": lambda heads, ctx: iter(())}
+    )
+    assert callable(context._migrations_fn)

