@@ -474,3 +474,45 @@ def test_verify_and_the_downgrade_check_give_up_behind_a_lock_instead_of_hanging
     assert "lock timeout" in str(verify_failed.value)
     assert not rolled_back.ok and "lock timeout" in rolled_back.error
     assert workspace.version_heads() >= {ECOMMERCE_HEAD}
+
+
+def test_a_terminated_dagster_run_cancels_the_statement_and_records_the_failed_step(
+    workspace: Workspace, tmp_path: Path
+):
+    """Dagster stops a run by interrupting its process (SIGINT, then its own
+    DagsterExecutionInterruptedError in the step): the statement is cancelled at once."""
+    assert engine.upgrade(workspace.project(), "dev", schemas=["ecommerce"]).ok
+    _sleeping_revision(workspace)
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    runner = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "dagster"),
+            "asset",
+            "materialize",
+            "--select",
+            "dev/ecommerce",
+            "-m",
+            "orchestration.definitions",
+            "-a",
+            "defs",
+        ],
+        cwd=workspace.root,
+        env={**os.environ, "DAGSTER_HOME": str(home)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    _wait_until_sleeping(workspace, runner)
+
+    interrupted = time.monotonic()
+    runner.send_signal(signal.SIGINT)
+    out, _ = runner.communicate(timeout=60)
+    took = time.monotonic() - interrupted
+
+    assert took < 10, f"the run took {took:.1f}s to stop"
+    last = workspace.audit()[-1]
+    assert (last.alembic_version, last.success) == ("5a0000000001", False), out[-3000:]
+    assert "interrupted" in last.error and last.run_id
+    assert workspace.version_heads() == {ECOMMERCE_HEAD}
+    assert "during_sleep" not in workspace.tables("ecommerce")
