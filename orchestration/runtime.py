@@ -14,10 +14,12 @@ from __future__ import annotations
 import getpass
 import hashlib
 import os
+import signal
 import socket
+import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -171,49 +173,51 @@ def lock_holder(conn: sa.Connection) -> str:
 # --- interrupts: Ctrl-C and a terminated run cancel the running statement ---------------
 
 
-def _wait_cancelling(dbapi_conn: Any) -> None:
-    """psycopg2's wait callback: wait for the server in Python, so that Ctrl-C (or Dagster's
-    interrupt of a terminated run) is seen at once; the statement running is then cancelled
-    on the server, and the interrupt raised once the server has rolled it back."""
-    import select
-
-    from psycopg2 import extensions
-
-    interrupted: BaseException | None = None
-    while True:
-        try:
-            state = dbapi_conn.poll()
-            if state == extensions.POLL_OK:
-                break
-            if state == extensions.POLL_READ:
-                select.select([dbapi_conn.fileno()], [], [])
-            elif state == extensions.POLL_WRITE:
-                select.select([], [dbapi_conn.fileno()], [])
-        except Exception:
-            if interrupted is not None:
-                raise interrupted from None  # the cancel took effect: the step is undone
-            raise
-        except BaseException as exc:  # KeyboardInterrupt, DagsterExecutionInterruptedError
-            if interrupted is not None:
-                raise  # a second interrupt while cancelling: stop waiting
-            interrupted = exc
-            dbapi_conn.cancel()
-    if interrupted is not None:
-        raise interrupted
-
-
 @contextmanager
-def statements_cancel_on_interrupt() -> Iterator[None]:
-    """psycopg2 blocks signals until a statement returns (a pg_sleep held Ctrl-C for
-    minutes); while migrating, it waits through a callback that cancels instead."""
-    from psycopg2 import extensions
+def cancel_on_interrupt(connection: sa.Connection) -> Iterator[None]:
+    """Cancel the running statement on the server as soon as SIGINT or SIGTERM arrives.
 
-    previous = extensions.get_wait_callback()
-    extensions.set_wait_callback(_wait_cancelling)
+    psycopg2 blocks in C until a statement returns, and Python runs signal handlers only
+    between bytecodes: Ctrl-C (or Dagster's SIGINT to a run it terminates) would wait for
+    a pg_sleep or a long DDL to finish. Python's C-level handler writes each signal to the
+    wakeup fd even then; a thread reading it cancels the statement (psycopg2's cancel()
+    is meant to be called from another thread), the server rolls it back, and the
+    interrupt is raised once control is back in Python. (A psycopg2 wait callback would
+    do the same but turns COPY off for revisions.) Outside the main thread Python takes
+    no wakeup fd: there, no early cancel.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    previous = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    stop = threading.Event()
+
+    def watch() -> None:
+        while True:
+            data = os.read(read_fd, 64)
+            if stop.is_set():
+                return
+            if signal.SIGINT in data or signal.SIGTERM in data:
+                dbapi = connection.connection.dbapi_connection
+                with suppress(Exception):  # no statement, or the connection is gone
+                    dbapi.cancel()  # type: ignore[union-attr]
+            if previous >= 0:  # whoever had the wakeup fd (an event loop) still hears it
+                with suppress(OSError):
+                    os.write(previous, data)
+
+    watcher = threading.Thread(target=watch, name="migrate-cancel-on-interrupt", daemon=True)
+    watcher.start()
     try:
         yield
     finally:
-        extensions.set_wait_callback(previous)
+        signal.set_wakeup_fd(previous)
+        stop.set()
+        os.write(write_fd, b"\0")
+        watcher.join()
+        os.close(read_fd)
+        os.close(write_fd)
 
 
 # --- the audit trail ---------------------------------------------------------------------
@@ -614,7 +618,7 @@ def _run_online(
         sa.event.listen(connection, "before_cursor_execute", before, retval=True)
         sa.event.listen(connection, "after_cursor_execute", after)
         try:
-            with statements_cancel_on_interrupt(), context.begin_transaction():
+            with cancel_on_interrupt(connection), context.begin_transaction():
                 context.run_migrations()
         except BaseException as exc:  # Ctrl-C and a terminated run are failed steps too
             recorder.record_failure(connection.engine, exc)

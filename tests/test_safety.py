@@ -516,3 +516,22 @@ def test_a_terminated_dagster_run_cancels_the_statement_and_records_the_failed_s
     assert "interrupted" in last.error and last.run_id
     assert workspace.version_heads() == {ECOMMERCE_HEAD}
     assert "during_sleep" not in workspace.tables("ecommerce")
+
+
+def test_a_revision_can_still_copy_rows_in(workspace: Workspace):
+    """Early cancel must not take COPY away from revisions (a psycopg2 wait callback would)."""
+    workspace.add_revision(
+        "ecommerce",
+        "2024_05_01_0900-c0d000000001_copy.py",
+        revision_file(
+            "c0d000000001",
+            ECOMMERCE_HEAD,
+            "    import io\n"
+            '    op.execute("CREATE TABLE ecommerce.seeded (id int)")\n'
+            "    cursor = op.get_bind().connection.dbapi_connection.cursor()\n"
+            '    cursor.copy_expert("COPY ecommerce.seeded FROM STDIN", io.StringIO("1\\n2\\n"))',
+        ),
+    )
+    result = engine.upgrade(workspace.project(), "dev", schemas=["ecommerce"])
+    assert result.ok, result.error
+    assert workspace.scalar("SELECT count(*) FROM ecommerce.seeded") == 2
