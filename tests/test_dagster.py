@@ -529,3 +529,204 @@ def test_staging_does_not_move_past_a_dev_whose_verify_failed(workspace, instanc
     meta = _materialization(staging, _key("staging", "ecommerce")).metadata
     assert meta["promoted_to"].value == "nothing to do"
     assert f"dev is at {NEW} but its last verify failed" in meta["reason"].value
+
+
+# --- nothing to do is success: every entry point, twice, in every state -----------------------
+
+STATES = ("fresh", "at_head", "behind", "drift")
+ENTRY_POINTS = (
+    "migrate",
+    "promote",
+    "rollback",
+    "environment_sync",
+    "fleet_dev",
+    "assets",
+    "sensor",
+)
+ENVS = ("dev", "staging", "prod")
+
+
+@pytest.fixture(scope="module")
+def state_templates(server_url, tmp_path_factory):
+    """Databases of dev, staging and prod in each state, copied (CREATE DATABASE ... TEMPLATE)
+    for every test: fresh; at head and verified; behind (ecommerce at fac149d9b774, analytics
+    at 54886dd283f2) and verified; at head, verified, then changed by hand (drift)."""
+    import shutil
+
+    from conftest import REPO, Databases
+
+    from orchestration import engine
+
+    root = tmp_path_factory.mktemp("templates")
+    for name in ("alembic.ini", "migrate.toml"):
+        shutil.copy(REPO / name, root / name)
+    shutil.copytree(REPO / "migrations", root / "migrations")
+    dbs = Databases(server_url)
+    templates = {}
+    with pytest.MonkeyPatch.context() as mp:
+        for state in STATES:
+            urls = {env: dbs.create(f"tpl_{state}_{env}") for env in ENVS}
+            for env, url in urls.items():
+                mp.setenv(f"{env.upper()}_DATABASE_URL", url.render_as_string(False))
+            project = Workspace(root, urls).project()
+            for env in ENVS if state != "fresh" else ():
+                to = "54886dd283f2" if state == "behind" else None
+                assert engine.upgrade(project, env, to=to).ok
+                assert all(r.ok for r in engine.verify(project, env, expect_head=False))
+                if state == "drift":
+                    with Workspace(root, urls).connect(env) as conn:
+                        conn.exec_driver_sql("CREATE TABLE ecommerce.by_hand (id int)")
+                        conn.commit()
+            templates[state] = {env: url.database for env, url in urls.items()}
+    yield templates
+    dbs.drop_all()
+
+
+def _in_state(workspace, databases, monkeypatch, templates, state):
+    """Point the workspace's environments at fresh copies of the state's databases."""
+    import sqlalchemy as sa
+
+    admin = sa.create_engine(databases.server, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
+    with admin.connect() as conn:
+        for env in ENVS:
+            name = f"{env}_{state}_{os.urandom(4).hex()}"
+            conn.exec_driver_sql(f'CREATE DATABASE "{name}" TEMPLATE "{templates[state][env]}"')
+            databases.created.append(name)
+            workspace.urls[env] = databases.server.set(database=name)
+            monkeypatch.setenv(
+                f"{env.upper()}_DATABASE_URL", workspace.urls[env].render_as_string(False)
+            )
+    admin.dispose()
+
+
+def _failures(result) -> list[str]:
+    """Each failed step as 'step: error class: message'."""
+    out = []
+    for e in result.all_events:
+        if e.event_type_value == "STEP_FAILURE":
+            error = e.step_failure_data.error
+            data = e.step_failure_data.user_failure_data
+            out.append(
+                f"{e.step_key}: {error.cls_name if error else ''}: "
+                f"{(data.description if data else None) or (error.message if error else '')}"
+            )
+    return out
+
+
+def _only_verify_failed(result) -> bool:
+    """A failed run failed through verify (a finding), never through a crash."""
+    failures = _failures(result)
+    failed_checks = [
+        e
+        for e in result.all_events
+        if e.event_type_value == "ASSET_CHECK_EVALUATION"
+        and not e.asset_check_evaluation_data.passed
+        and e.asset_check_evaluation_data.severity == dg.AssetCheckSeverity.ERROR
+    ]
+    fleet_targets_failed = [
+        e.event_specific_data.metadata["targets_table"].value
+        for e in result.all_events
+        if e.event_type_value == "STEP_OUTPUT" and e.step_key.startswith("fleet_summary_")
+    ]
+    verify_failures = [
+        f
+        for f in failures
+        if ": Failure: verify failed for " in f  # a job's verify step
+        or ("_verify:" in f and "DagsterAssetCheckFailedError" in f)  # a blocking check
+        # the fleet's summary, every failed target failed its verify
+        or (
+            "fleet target(s) failed" in f
+            and all(
+                "| failed | 0 | verify: " in line
+                for table in fleet_targets_failed
+                for line in table.splitlines()
+                if "| failed |" in line
+            )
+        )
+    ]
+    return bool(failed_checks or verify_failures) and len(verify_failures) == len(failures)
+
+
+def _entry_point_runs(name, workspace, instance):
+    """Run the entry point twice in a row; yields each run's result."""
+    defs = build_definitions(str(workspace.ini))
+    if name == "assets":
+        job = defs.resolve_implicit_global_asset_job_def()
+        for env in ENVS:
+            for schema in ("ecommerce", "analytics"):
+                for _ in range(2):
+                    yield job.execute_in_process(
+                        instance=instance, asset_selection=[_key(env, schema)], raise_on_error=False
+                    )
+        return
+    if name == "sensor":
+        _, cursor = _tick(defs, instance, None)
+        workspace.add_revision(
+            "ecommerce", NEW_FILE, simple_revision(NEW, ECOMMERCE_HEAD, "wishlists")
+        )
+        defs = build_definitions(str(workspace.ini))
+        result, _ = _tick(defs, instance, cursor)
+        (request,) = result.run_requests
+        job = defs.resolve_implicit_global_asset_job_def()
+        for _ in range(2):
+            yield job.execute_in_process(
+                instance=instance, asset_selection=request.asset_selection, raise_on_error=False
+            )
+        return
+    config = None
+    if name == "rollback":
+        config = {"ops": {"downgrade": {"config": {"schema_name": "analytics", "to": "base"}}}}
+    for _ in range(2):
+        yield defs.resolve_job_def(name).execute_in_process(
+            instance=instance, run_config=config, raise_on_error=False
+        )
+
+
+@pytest.mark.parametrize("state", STATES)
+@pytest.mark.parametrize("entry_point", ENTRY_POINTS)
+def test_every_entry_point_twice_in_every_state(
+    entry_point, state, workspace, databases, monkeypatch, state_templates
+):
+    _in_state(workspace, databases, monkeypatch, state_templates, state)
+    if entry_point == "fleet_dev":  # the dev database itself, as the fleet's one target
+        path = workspace.root / "migrate.toml"
+        path.write_text(
+            path.read_text()
+            + f'\n[environments.dev.fleet]\ndatabases = ["{workspace.urls["dev"].database}"]\n'
+        )
+    # prod is manual: behind staging's verified revision, environment_sync's verify of prod
+    # fails (visibly); drift fails verify wherever it is checked
+    may_fail_verify = state == "drift" or entry_point == "environment_sync"
+    instance = dg.DagsterInstance.ephemeral()
+    for result in _entry_point_runs(entry_point, workspace, instance):
+        if not result.success:
+            assert may_fail_verify, _failures(result)
+            assert _only_verify_failed(result), _failures(result)
+
+
+def test_the_sensors_run_after_an_applied_file_is_edited_reports_the_tamper_through_verify(
+    workspace, instance
+):
+    defs = build_definitions(str(workspace.ini))
+    assert defs.resolve_job_def("promote").execute_in_process(instance=instance).success
+    _, cursor = _tick(defs, instance, None)
+    (path,) = (workspace.versions / "ecommerce").glob("*07e0f754c9d8*.py")
+    path.write_text(path.read_text() + "\n# edited after it was applied\n")
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 1_000_000))
+    tick, _ = _tick(build_definitions(str(workspace.ini)), instance, cursor)
+    (request,) = tick.run_requests
+    assert request.asset_selection == [_key("dev", "ecommerce")]
+    job = build_definitions(str(workspace.ini)).resolve_implicit_global_asset_job_def()
+
+    for _ in range(2):
+        run = job.execute_in_process(
+            instance=instance, asset_selection=request.asset_selection, raise_on_error=False
+        )
+        assert not run.success and _only_verify_failed(run), _failures(run)
+        meta = _materialization(run, _key("dev", "ecommerce")).metadata  # nothing to do
+        assert meta["promoted_to"].value == "nothing to do" and meta["steps"].value == 0
+        evaluation = _evaluation(run, _key("dev", "ecommerce"))
+        assert not evaluation.passed
+        assert f"{path.name} (revision 07e0f754c9d8) was edited after it was applied" in (
+            evaluation.description
+        )
