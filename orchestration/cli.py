@@ -7,6 +7,8 @@ Exit codes: 0 success, 1 a migration or verify failed, 2 bad usage or configurat
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import re
@@ -82,15 +84,15 @@ class _Target:
         self.json_output = json_output
         self.environment: str | None = None
         self.url: URL | None = None
+        self.embedded = False
         self.prefix = ""  # "-- " keeps `migrate plan` output valid SQL
 
     def __call__(self, environment: str, url: URL) -> None:
         if self.url is None:
             self.environment, self.url = environment, url
-
-    @property
-    def embedded(self) -> bool:
-        return self.settings is not None and targets.uses_embedded(self.settings)
+            if self.settings is not None:  # read as connect did: it cannot fail now
+                with contextlib.suppress(ConfigurationError):
+                    self.embedded = targets.uses_embedded(self.settings)
 
     def shown(self) -> str | None:
         return None if self.url is None else urls.display_url(self.url)
@@ -469,6 +471,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     token = engine.on_connect.set(lambda environment, url: _target(environment, url))
     try:
         return _run(argv)
+    except BrokenPipeError:  # stdout's reader left (`migrate plan | head`): not an error
+        # the interpreter's last flush of the closed pipe stays silent
+        with contextlib.suppress(OSError, ValueError, AttributeError, io.UnsupportedOperation):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), stdout.fileno())
+        return EXIT_OK
     finally:
         engine.on_connect.reset(token)
         sys.stdout, sys.stderr = stdout, stderr
@@ -495,6 +502,8 @@ def _run(argv: Sequence[str] | None) -> int:
     except KeyboardInterrupt:
         print("migrate: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        raise  # main() handles it
     except Exception as exc:  # a bug, not a failed migration: keep its traceback
         print(f"migrate: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
         traceback.print_exc(file=sys.stderr)
