@@ -61,14 +61,15 @@ DECODED = "Hunter2%Sekr!t"  # what the server gets
 FORMS = [TYPED, DECODED, "Hunter2%25Sekr%21t", "Hunter2%2525Sekr%21t"]
 
 
-@pytest.fixture(autouse=True)
-def _fresh_registry():
+@pytest.fixture
+def fresh_registry():
     """Each test starts with no password known from an earlier one."""
     urls.forget_passwords()
     yield
     urls.forget_passwords()
 
 
+@pytest.mark.usefixtures("fresh_registry")
 @pytest.mark.parametrize("scheme", [*SPELLINGS, "postgresql+psycopg", "redis", "https"])
 def test_the_userinfo_password_of_any_url_like_text_is_masked(scheme):
     text = f"could not use {scheme}://app_user:n0t-known-Pw@db.example:5432/app?sslmode=require."
@@ -83,6 +84,7 @@ def test_the_userinfo_password_of_any_url_like_text_is_masked(scheme):
     assert redact(f"{scheme}://u@h:5432/db") == f"{scheme}://u@h:5432/db"
 
 
+@pytest.mark.usefixtures("fresh_registry")
 @pytest.mark.parametrize(
     ("text", "kept"),
     [
@@ -103,6 +105,7 @@ def test_password_parameters_are_masked_in_urls_and_libpq_dsns(text, kept):
     assert masked.endswith(kept)
 
 
+@pytest.mark.usefixtures("fresh_registry")
 @pytest.mark.parametrize("spelling", SPELLINGS)
 def test_normalize_url_registers_every_form_of_the_password(spelling):
     url = normalize_url(f"{spelling}://app:{TYPED}@db:5432/app")
@@ -118,6 +121,7 @@ def test_normalize_url_registers_every_form_of_the_password(spelling):
     assert shown == "postgresql and postgres: password ***"
 
 
+@pytest.mark.usefixtures("fresh_registry")
 @pytest.mark.parametrize("spelling", SPELLINGS)
 def test_a_query_password_is_registered_and_masked_in_display_url(spelling):
     url = normalize_url(f"{spelling}://app@db/app?password={TYPED}&sslmode=require")
@@ -127,6 +131,7 @@ def test_a_query_password_is_registered_and_masked_in_display_url(spelling):
     assert redact(f"server said {DECODED}") == "server said ***"
 
 
+@pytest.mark.usefixtures("fresh_registry")
 def test_redact_with_urls_given_keeps_working_for_passwords_never_registered():
     url = make_url(f"postgresql://app:{TYPED}@db/app")  # parsed elsewhere, never normalized
     assert redact(f"x {DECODED} y", url) == "x *** y"
@@ -134,6 +139,7 @@ def test_redact_with_urls_given_keeps_working_for_passwords_never_registered():
     assert redact("nothing secret", None) == "nothing secret"
 
 
+@pytest.mark.usefixtures("fresh_registry")
 def test_has_password_sees_userinfo_and_query_passwords():
     assert urls.has_password("postgresql://u:pw@h/db")
     assert urls.has_password("postgres://u@h/db?password=pw")
