@@ -233,6 +233,15 @@ class SchemaBefore:
     live: catalog.Snapshot
     expected: catalog.Snapshot | None  # the reference stored for ``revision``, if any
 
+    @property
+    def reference(self) -> catalog.Snapshot:
+        """What the schema should hold before the run: the stored reference; with none, at
+        base nothing (what was there before any migration is not the migrations' work),
+        elsewhere what is there (a database migrated before references were kept)."""
+        if self.expected is not None:
+            return self.expected
+        return {} if self.revision is None else self.live
+
 
 class StepRecorder:
     """Turns Alembic's steps into audit rows: inside each step's transaction on success,
@@ -510,8 +519,7 @@ class StepRecorder:
                 if before is None:
                     expected = after
                 else:
-                    reference = before.expected if before.expected is not None else before.live
-                    expected = catalog.carry(reference, before.live, after)
+                    expected = catalog.carry(before.reference, before.live, after)
                 catalog.save(conn, self.settings.audit_schema, schema, revision, expected)
             if commit:
                 conn.commit()
