@@ -184,6 +184,8 @@ def cmd_plan(project: MigrationProject, args: argparse.Namespace) -> int:
 
 
 def _report_run(result: engine.RunResult, args: argparse.Namespace) -> int:
+    for warning in result.warnings:
+        print(f"migrate: warning: {warning}", file=sys.stderr)
     if args.json:
         _print_json(result.to_dict())
     elif result.ok:
@@ -255,6 +257,24 @@ def cmd_verify(project: MigrationProject, args: argparse.Namespace) -> int:
         for f in r.findings:
             print(f"     {f.severity}: {f.message}")
     return EXIT_OK if ok else EXIT_FAILED
+
+
+def cmd_baseline(project: MigrationProject, args: argparse.Namespace) -> int:
+    results = engine.baseline(project, args.env, args.schema)
+    if args.json:
+        _print_json({"environment": args.env, "schemas": [r.to_dict() for r in results]})
+        return EXIT_OK
+    for r in results:
+        print(
+            f"baseline {args.env}/{r.schema} at {_short(r.current)}: "
+            "the live schema is now the reference"
+        )
+        for difference in r.accepted_drift:
+            print(f"     accepted: {difference}")
+        if r.recorded_checksums:
+            print(f"     checksums recorded for {len(r.recorded_checksums)} applied revision(s)")
+        print(f"     audit row(s): {', '.join(str(i) for i in r.audit_ids)}")
+    return EXIT_OK
 
 
 def _check_writable(option: str, value: str) -> Path:
@@ -425,6 +445,13 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_verify,
         "check each schema: at head, revision files unchanged since applied, no drift from "
         "the catalog snapshot, no INVALID index, revision verify() hooks pass",
+    )
+    add(
+        "baseline",
+        cmd_baseline,
+        "accept each schema as it is now: its live catalog becomes the reference verify "
+        "compares with (drift made by hand is reported until this), and applied revisions' "
+        "checksums are recorded where none are (a database plain alembic migrated); audited",
     )
     audit_parser = add("audit", cmd_audit, "show the newest rows of alembic_version_history")
     audit_parser.add_argument("--limit", type=int, default=20, help="rows to show (default 20)")

@@ -501,3 +501,24 @@ def test_the_embedded_server_is_named_as_such(workspace: Workspace, capsys, monk
         assert json.loads(out)["embedded"] is True
     finally:
         embedded.stop_server(workspace.root)
+
+
+def test_baseline_accepts_drift_with_an_audit_row_and_verify_passes_again(
+    workspace: Workspace, capsys
+):
+    import sqlalchemy as sa
+
+    assert run(capsys, "upgrade", "--schema", "ecommerce", "--to", "fac149d9b774")[0] == 0
+    with workspace.connect() as conn:
+        conn.execute(sa.text("CREATE TABLE ecommerce.by_hand (id int)"))
+        conn.commit()
+    code, _, err = run(capsys, "upgrade", "--schema", "ecommerce")
+    assert code == 0 and "migrate: warning: ecommerce: drift found before migrating" in err
+    assert run(capsys, "verify", "--schema", "ecommerce")[0] == 1
+
+    code, out, _ = run(capsys, "baseline", "--schema", "ecommerce")
+
+    assert code == 0
+    assert "accepted: relation by_hand exists but no migration created it" in out
+    assert run(capsys, "verify", "--schema", "ecommerce")[0] == 0
+    assert workspace.audit()[-2].operation == "baseline"  # then verify's own row
