@@ -7,12 +7,19 @@ revision; verify compares the live catalog with the snapshot of the revision it 
 from __future__ import annotations
 
 import json
+import re
 from functools import cache
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 
 SNAPSHOT_TABLE = "alembic_schema_snapshot"
+# The layout of this project's tables (this one and audit.TABLE_NAME) in this release: the
+# first line of each table's COMMENT. A table without it predates versioning (layout 0).
+LAYOUT_VERSION = 1
+_MARK = re.compile(r"migrate layout (\d+) ([a-z][a-z-]*)")
+# Without these a table of this name is not ours; other columns are added when missing.
+SNAPSHOT_REQUIRED = frozenset({"schema_name", "revision", "snapshot"})
 CATEGORIES = ("relations", "columns", "indexes", "constraints")
 Snapshot = dict[str, dict[str, str]]  # category -> name -> definition
 BASE = "base"
@@ -124,13 +131,49 @@ def snapshot_table(audit_schema: str) -> sa.Table:
     )
 
 
+def layout_mark(kind: str, version: int) -> str:
+    """The first line of the COMMENT of a table of ours: its kind and layout version."""
+    return f"migrate layout {version} {kind}"
+
+
+def parse_layout_mark(comment: str | None) -> tuple[str, int] | None:
+    """(kind, version) from a table's COMMENT, None when it has no mark of ours."""
+    found = _MARK.fullmatch((comment or "").partition("\n")[0].strip())
+    return (found.group(2), int(found.group(1))) if found else None
+
+
 @cache
 def create_sql(audit_schema: str) -> str:
+    """The snapshot table, created and marked with its layout when it is missing: one round
+    trip, no catalog write when it is there (audit.ensure_table checks its layout)."""
     from sqlalchemy.dialects import postgresql
     from sqlalchemy.schema import CreateTable
 
     table = snapshot_table(audit_schema)
-    return str(CreateTable(table, if_not_exists=True).compile(dialect=postgresql.dialect()))
+    where = f'"{audit_schema}".{SNAPSHOT_TABLE}'
+    create = str(CreateTable(table, if_not_exists=True).compile(dialect=postgresql.dialect()))
+    return (
+        f"DO $migrate$ BEGIN IF to_regclass('{where}') IS NULL THEN\n{create.strip()};\n"
+        f"COMMENT ON TABLE {where} IS '{layout_mark('own', LAYOUT_VERSION)}';\n"
+        "END IF; END $migrate$"
+    )
+
+
+def upgrade_sql(audit_schema: str, columns: set[str]) -> str:
+    """An older snapshot table brought to this release's layout in place: the columns it
+    lacks added (nullable: its rows keep theirs), then marked."""
+    from sqlalchemy.dialects import postgresql
+
+    dialect = postgresql.dialect()
+    where = f'"{audit_schema}".{SNAPSHOT_TABLE}'
+    add = [
+        f"ADD COLUMN IF NOT EXISTS {c.name} {c.type.compile(dialect=dialect)}"
+        for c in snapshot_table(audit_schema).columns
+        if c.name not in columns
+    ]
+    statements = [f"ALTER TABLE {where} {', '.join(add)}"] if add else []
+    statements.append(f"COMMENT ON TABLE {where} IS '{layout_mark('own', LAYOUT_VERSION)}'")
+    return ";\n".join(statements)
 
 
 def save(
