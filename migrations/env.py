@@ -5,6 +5,8 @@ one runner per database (advisory lock), lock/statement timeouts, one transactio
 revision, and an audit row in alembic_version_history for every step, failed ones included.
 
 Environment: `alembic -x env=staging ...` (default dev), or Config.attributes["environment"].
+Alembic's connection-sharing recipe works: a Connection (inside a transaction of yours, it
+runs within it and never commits it) or an Engine in Config.attributes["connection"].
 """
 
 from logging.config import fileConfig
@@ -20,10 +22,8 @@ config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logger", True):
     fileConfig(config.config_file_name, disable_existing_loggers=False)
 
-# Revisions are hand-written DDL; no autogenerate metadata.
+# Revisions are hand-written DDL; a project with models would pass its MetaData here, and
+# any other context.configure() option next to it.
 target_metadata = None
 
-if context.is_offline_mode():
-    runtime.run_migrations_offline(context)
-else:
-    runtime.run_migrations_online(context)
+runtime.run_migrations(context, target_metadata=target_metadata)

@@ -223,6 +223,15 @@ def cancel_on_interrupt(connection: sa.Connection) -> Iterator[None]:
 # --- the audit trail ---------------------------------------------------------------------
 
 FAILURE_ROW_RETRY_SECONDS = 15.0  # a server restarting mid-step is back within this
+_FAILURE_ROW_TIMEOUTS = "SET LOCAL lock_timeout = '2s'; SET LOCAL statement_timeout = '10s'"
+
+
+def _unreachable(exc: sa.exc.SQLAlchemyError) -> bool:
+    """The server is away (restarting, shutting down), not refusing the row."""
+    orig = getattr(exc, "orig", None)
+    code = getattr(orig, "pgcode", None)
+    # no SQLSTATE at all: no server answered; 57P0x: shutting down, cannot connect now
+    return isinstance(exc, sa.exc.OperationalError) and (code is None or code.startswith("57P"))
 
 
 @dataclass
@@ -362,7 +371,8 @@ class StepRecorder:
             return statement, parameters  # on_version_apply inserts the row itself
         self._sent = self._row(self.current.info, success=True)
         self._sent_by = context
-        return audit.insert_before(statement, parameters, self.settings.audit_schema, self._sent)
+        layout = audit.layout_of(conn, self.settings.audit_schema)
+        return audit.insert_before(statement, parameters, layout, self._sent)
 
     def _refuse_transaction_control(self, statement: str) -> None:
         """A revision that ends its own transaction would leave the version update and
@@ -448,12 +458,16 @@ class StepRecorder:
         while True:
             try:
                 with engine.begin() as conn:
+                    # Never wait on a lock: a caller's open transaction may hold the table
+                    # (created in it), and the engine may be the caller's, without timeouts.
+                    conn.exec_driver_sql(_FAILURE_ROW_TIMEOUTS)
                     audit.ensure_table(conn, self.settings.audit_schema)
                     audit.insert_row(conn, self.settings.audit_schema, row)
                 break
-            except sa.exc.SQLAlchemyError:
-                if time.monotonic() >= deadline:
-                    break  # the database is gone: the row still reaches the caller's output
+            except sa.exc.SQLAlchemyError as exc:
+                lost = isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated
+                if not (lost or _unreachable(exc)) or time.monotonic() >= deadline:
+                    break  # the row still reaches the caller's output
                 time.sleep(pause)
                 pause = min(pause * 2, 2.0)
         self._done(row)
@@ -552,14 +566,16 @@ def prepare_session(
     # finishing a pg_sleep or a long DDL for nobody.
     check = (conn.dialect.server_version_info or (0,)) >= (14,)
     local = "true" if in_transaction else "false"
-    # One round trip: the audit table's CREATE ... IF NOT EXISTS, then the settings.
-    db_user = conn.exec_driver_sql(
-        audit.create_sql(settings.audit_schema)
-        + f";\nSELECT current_user, set_config('lock_timeout', %(lock)s, {local}),"
+    # One round trip: the settings and the audit table's layout (created, upgraded or
+    # taken over afterwards only when needed).
+    _, (db_user, *_) = audit.ensure_table_with(
+        conn,
+        settings.audit_schema,
+        f"SELECT current_user, set_config('lock_timeout', %(lock)s, {local}),"
         f" set_config('statement_timeout', %(statement)s, {local})"
         + (f", set_config('client_connection_check_interval', '1s', {local})" if check else ""),
         {"lock": env.lock_timeout, "statement": env.statement_timeout},
-    ).scalar()
+    )
     if not in_transaction:
         # Alembic must find the connection outside a transaction, or it would run every
         # revision in one external transaction instead of one transaction each.
@@ -567,20 +583,52 @@ def prepare_session(
     return f"{db_user} ({getpass.getuser()}@{socket.gethostname()})"
 
 
-def run_migrations_online(context: EnvironmentContext) -> None:
+def run_migrations(context: EnvironmentContext, **options: Any) -> None:
+    """All an env.py needs: ``runtime.run_migrations(context, target_metadata=...)``.
+
+    ``options`` are the team's own ``context.configure()`` options (target_metadata,
+    include_object, version_table, compare_type, render_as_batch, ...): they reach Alembic
+    as they are, so autogenerate and ``alembic check`` keep working; the pipeline adds one
+    transaction per revision, the lock, timeouts and the audit trail.
+    """
+    if context.is_offline_mode():
+        run_migrations_offline(context, **options)
+    else:
+        run_migrations_online(context, **options)
+
+
+def run_migrations_online(context: EnvironmentContext, **options: Any) -> None:
+    """Online mode on ``Config.attributes["connection"]`` (a Connection, or an Engine as
+    pytest-alembic gives it), else on the environment's database."""
     settings = _settings(context)
     environment = environment_of(context)
-    connection = context.config.attributes.get("connection")
-    if connection is not None:
-        _run_online(context, settings, environment, connection, None)
+    given = context.config.attributes.get("connection")
+    if isinstance(given, sa.Engine):
+        with given.connect() as connection:
+            _run_online(context, settings, environment, connection, None, options, owned=False)
+        return
+    if given is not None:
+        _run_online(context, settings, environment, given, None, options, owned=False)
         return
     url = database_url(settings, environment)
     engine = create_engine(url, environment, settings.environment(environment))
     try:
         with engine.connect() as connection:
-            _run_online(context, settings, environment, connection, url)
+            _run_online(context, settings, environment, connection, url, options, owned=True)
     finally:
         engine.dispose()
+
+
+_PIPELINE_OPTIONS = ("connection", "transaction_per_migration", "on_version_apply")
+
+
+def _destination(context: EnvironmentContext) -> Any:
+    """The revision a command moves to (upgrade, downgrade, stamp); None for the commands
+    that only read (current, check, revision --autogenerate), which pass none at all."""
+    try:
+        return context.get_revision_argument()
+    except KeyError:
+        return None
 
 
 def _run_online(
@@ -589,9 +637,20 @@ def _run_online(
     environment: str,
     connection: sa.Connection,
     url: URL | None,
+    options: dict[str, Any],
+    *,
+    owned: bool,
 ) -> None:
     attributes = context.config.attributes
     url = url or connection.engine.url
+    theirs = {k: v for k, v in options.items() if k not in _PIPELINE_OPTIONS}
+    if _destination(context) is None:
+        # current, check, revision --autogenerate, history -i: no revision will run, so
+        # nothing is written (not even Alembic's empty version table) and no lock is taken.
+        context.configure(connection=connection, **{"dont_mutate": True, **theirs})
+        with context.begin_transaction():
+            context.run_migrations()
+        return
     # A caller's transaction (Alembic's connection-sharing recipe) or a rehearsal: run
     # inside it, as Alembic does, and leave its commit or rollback to the caller.
     in_transaction = connection.in_transaction()
@@ -599,7 +658,7 @@ def _run_online(
     lock = advisory_lock(
         connection, settings.lock_wait_timeout_seconds, in_transaction=in_transaction
     )
-    with lock:
+    with lock, _session_settings_reset(connection, reset=not owned and not in_transaction):
         recorder = StepRecorder(
             settings,
             environment=environment,
@@ -614,14 +673,30 @@ def _run_online(
             rehearsal=rehearsal,
             warnings=attributes.setdefault("warnings", []),
         )
+        callbacks = options.get("on_version_apply") or ()
+        callbacks = callbacks if isinstance(callbacks, list | tuple) else (callbacks,)
+
+        def on_version_apply(
+            ctx: MigrationContext,
+            step: MigrationInfo,
+            heads: Collection[Any],
+            run_args: Mapping[str, Any],
+        ) -> None:  # ours first (the step's row), then the team's own
+            recorder.on_version_apply(ctx, step, heads, run_args)
+            for callback in callbacks:
+                callback(ctx=ctx, step=step, heads=heads, run_args=run_args)
+
         context.configure(
             connection=connection,
             transaction_per_migration=True,
-            on_version_apply=recorder.on_version_apply,
+            on_version_apply=on_version_apply,
+            **theirs,
         )
         # Alembic calls on_version_apply only for steps that succeed; knowing the step that
         # runs is what lets a failed one be audited too.
         track_steps(context.get_context(), recorder)
+        if in_transaction and rehearsal is None:
+            refuse_autocommit_blocks(context.get_context(), recorder)
         before, after = recorder.before_cursor_execute, recorder.after_cursor_execute
         sa.event.listen(connection, "before_cursor_execute", before, retval=True)
         sa.event.listen(connection, "after_cursor_execute", after)
@@ -640,6 +715,39 @@ def _run_online(
             recorder.save_snapshots(connection, commit=not in_transaction)
 
 
+@contextmanager
+def _session_settings_reset(conn: sa.Connection, *, reset: bool) -> Iterator[None]:
+    """A caller's pooled connection goes back without our timeouts in its session."""
+    try:
+        yield
+    finally:
+        if reset:
+            with suppress(sa.exc.SQLAlchemyError):
+                conn.rollback()
+                conn.exec_driver_sql(
+                    "RESET lock_timeout; RESET statement_timeout; "
+                    "RESET client_connection_check_interval"
+                )
+                conn.commit()
+
+
+def refuse_autocommit_blocks(migration_context: MigrationContext, recorder: StepRecorder) -> None:
+    """Inside a caller's transaction, an autocommit block (CREATE INDEX CONCURRENTLY) would
+    have to commit the caller's work; Alembic then fails on a bare assert. Say why."""
+
+    @contextmanager
+    def refused() -> Iterator[None]:
+        revision = recorder.current.info.up_revision_id if recorder.current else "?"
+        raise MigrationError(
+            f"revision {revision} runs statements outside a transaction (autocommit_block), "
+            "which cannot happen inside the transaction the caller opened: run it on a "
+            "connection with no transaction open (or an Engine)"
+        )
+        yield  # pragma: no cover
+
+    migration_context.autocommit_block = refused  # type: ignore[method-assign]
+
+
 def track_steps(migration_context: MigrationContext, recorder: StepRecorder) -> None:
     """Wrap the step generator Alembic's command gave the MigrationContext.
 
@@ -652,11 +760,12 @@ def track_steps(migration_context: MigrationContext, recorder: StepRecorder) -> 
     migration_context._migrations_fn = recorder.track(steps)
 
 
-def run_migrations_offline(context: EnvironmentContext) -> None:
+def run_migrations_offline(context: EnvironmentContext, **options: Any) -> None:
     """--sql mode: the SQL each step would run, for review. No connection, no audit rows."""
+    theirs = {k: v for k, v in options.items() if k not in (*_PIPELINE_OPTIONS, "url")}
     context.configure(
+        **{"literal_binds": True, **theirs},
         dialect_name="postgresql",
-        literal_binds=True,
         transaction_per_migration=True,
     )
     with context.begin_transaction():
