@@ -223,7 +223,7 @@ def _insert_sql_for(layout: Layout, prefix: str) -> str:
     )
     now, changed_at = "now()", "changed_at"
     if layout.naive_time:
-        now, changed_at = "now() AT TIME ZONE 'UTC'", "changed_at AT TIME ZONE 'UTC'"
+        now, changed_at = "now() AT TIME ZONE 'UTC'", "changed_at AT TIME ZONE 'UTC' AS changed_at"
     values["changed_at"] = now
     return (
         f"INSERT INTO {table} ({', '.join(values)}) VALUES ({', '.join(values.values())}) "
@@ -281,8 +281,9 @@ def _newer(schema: str, table: str, version: int) -> ConfigurationError:
     )
 
 
-def _classify(schema: str, found: _Found | None) -> Layout:
-    """What alembic_version_history is, or a ConfigurationError for one we cannot use."""
+def _classify(schema: str, found: _Found | None, *, writing: bool = True) -> Layout:
+    """What alembic_version_history is, or a ConfigurationError for one we cannot use
+    (for ``writing``: also one with a NOT NULL column our rows cannot fill)."""
     if found is None:
         return Layout(schema, None, frozenset(), False)
     if found.relkind not in ("r", "p"):
@@ -302,7 +303,7 @@ def _classify(schema: str, found: _Found | None) -> Layout:
         raise _unusable(schema, TABLE_NAME, f"it lacks {what} column(s) {', '.join(missing)}")
     written = {*_STORED, "changed_at"} | ({"operation_type"} if kind == AUDIT_ALEMBIC else set())
     unfillable = sorted(n for n, (_, empty) in found.columns.items() if empty and n not in written)
-    if unfillable:
+    if unfillable and writing:
         raise _unusable(
             schema, TABLE_NAME, f"its NOT NULL column(s) {', '.join(unfillable)} have no default"
         )
@@ -413,16 +414,14 @@ def read_layout(conn: sa.Connection, schema: str) -> Layout:
     """The table's layout as it is (one query), changing nothing: readers of a database
     not upgraded yet (an Audit-Alembic table, an own table before versioning) still work."""
     tables = conn.exec_driver_sql(f"SELECT {_INSPECT}", {"migrate_audit_schema": schema}).scalar()
-    layout = _classify(schema, _found(tables).get(TABLE_NAME))
-    conn.info[(_LAYOUT_KEY, schema)] = layout
-    return layout
+    return _classify(schema, _found(tables).get(TABLE_NAME), writing=False)
 
 
 def layout_of(conn: sa.Connection, schema: str) -> Layout:
-    """The layout ensure_table (or a reader) found on this connection in this command;
-    found now (one query) when there is none."""
-    layout = conn.info.get((_LAYOUT_KEY, schema))
-    return layout if layout is not None else read_layout(conn, schema)
+    """The layout ensure_table found on this connection (a dict lookup: what each step's
+    row uses); ensure_table now when it has not run on this connection."""
+    layout: Layout | None = conn.info.get((_LAYOUT_KEY, schema))
+    return layout if layout is not None else ensure_table(conn, schema)
 
 
 # --- writing -------------------------------------------------------------------------------
@@ -514,8 +513,14 @@ def _history(layout: Layout) -> sa.FromClause:
     def have(name: str) -> bool:
         return name in layout.columns
 
+    from sqlalchemy.dialects import postgresql
+
+    types = audit_table(layout.schema).c
+
     def column(name: str) -> str:
-        return name if have(name) else "NULL"
+        if have(name):
+            return name
+        return f"CAST(NULL AS {types[name].type.compile(dialect=postgresql.dialect())})"
 
     expressions = {name: column(name) for name in ("id", *_STORED, "changed_at")}
     if layout.kind == AUDIT_ALEMBIC:

@@ -100,9 +100,9 @@ def lineage(project: MigrationProject, revision: str | None) -> set[str]:
 
 def _read_record(conn: sa.Connection, audit_schema: str, schemas: list[str]) -> dict[str, _Record]:
     records = {s: _Record({}, {}, {}) for s in schemas}
-    if not audit.table_exists(conn, audit_schema):
+    table = audit.history_table(conn, audit_schema)  # any layout (Audit-Alembic's too)
+    if table is None:
         return records
-    table = audit.audit_table(audit_schema)
     query = (
         sa.select(
             table.c.schema_name,
