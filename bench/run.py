@@ -312,7 +312,7 @@ def sensor_ticks(work: Path, files: int, times: int) -> tuple[Sample, Sample, bo
     ini = make_project(work / f"sensor{files}", files, vanilla=False)
     settings = load_settings(ini)
     sensor = build_revision_files_sensor(
-        settings.alembic_ini, SchemaAssetTranslator(settings.environments), "dev"
+        settings, SchemaAssetTranslator(settings.environments), "dev"
     )
     versions = ini.parent / "migrations" / "versions" / "bench"
     with dg.instance_for_test() as instance:

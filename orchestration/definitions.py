@@ -18,26 +18,27 @@ from orchestration.defs.resource import MigrationResource, default_alembic_ini
 from orchestration.defs.schedules import build_environment_sync
 from orchestration.defs.sensors import build_revision_files_sensor
 from orchestration.defs.translator import SchemaAsset, SchemaAssetTranslator
-from orchestration.settings import check_identifier, load_settings
+from orchestration.settings import ProjectSettings, load_settings
 
 SYNC_CRON = "0 3 * * *"
 
 
-def discover_schemas(alembic_ini: Path) -> list[SchemaAsset]:
+def discover_schemas(settings: ProjectSettings) -> list[SchemaAsset]:
     """Schemas and their depends_on graph, read from the files without importing them."""
-    files = scan.scan(alembic_ini)
+    files = scan.scan(settings.histories)
     graph = scan.schema_dependencies(files)
     return [
         SchemaAsset(
-            schema=check_identifier("schema", folder.name),
+            schema=history.schema,
             revisions=tuple(
                 sorted(
-                    (f for f in files if f.schema == folder.name), key=lambda f: Path(f.path).name
+                    (f for f in files if f.schema == history.schema),
+                    key=lambda f: Path(f.path).name,
                 )
             ),
-            depends_on_schemas=frozenset(graph.get(folder.name, ())),
+            depends_on_schemas=frozenset(graph.get(history.schema, ())),
         )
-        for folder in scan.version_dirs(alembic_ini)
+        for history in settings.histories
     ]
 
 
@@ -47,7 +48,7 @@ def build_definitions(
 ) -> dg.Definitions:
     settings = load_settings(alembic_ini or default_alembic_ini())
     translator = translator_class(settings.environments)
-    schemas = discover_schemas(settings.alembic_ini)
+    schemas = discover_schemas(settings)
     assets, checks = build_schema_assets(schemas, translator)
     all_keys = [
         translator.get_asset_key(e.name, s.schema) for e in settings.environments for s in schemas
@@ -83,7 +84,7 @@ def build_definitions(
             *(build_fleet_job(env) for env in settings.environments),
         ],
         sensors=[
-            build_revision_files_sensor(settings.alembic_ini, translator, first_env),
+            build_revision_files_sensor(settings, translator, first_env),
             # Dagster's default automation sensor starts STOPPED; promote = "auto" in
             # migrate.toml is meant to work as soon as the daemon runs.
             dg.AutomationConditionSensorDefinition(

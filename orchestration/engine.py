@@ -274,7 +274,7 @@ def plan(
         output = io.StringIO()
         config = _alembic_config(project, environment, None, output=output)
         try:
-            command.upgrade(config, f"{start}:{st.schema}@head", sql=True)
+            command.upgrade(config, f"{start}:{st.head}", sql=True)
         except Exception as exc:  # a revision that cannot run offline (reads data, raises)
             url = database_url(project.settings, environment)
             raise MigrationError(
@@ -291,7 +291,11 @@ def _upgrade_targets(
     project: MigrationProject, schemas: list[str] | None, to: str | None
 ) -> list[str]:
     if to is None or to == "head":
-        return [f"{s}@head" for s in _schemas(project, schemas)] if schemas else ["heads"]
+        if not schemas:
+            return ["heads"]
+        # Revision ids, not "<schema>@head": a history needs no branch label to be upgraded.
+        heads = (project.head(s) for s in _schemas(project, schemas))
+        return [head for head in heads if head is not None]
     revision = project.resolve(to)
     if schemas and revision.schema not in schemas:
         raise ConfigurationError(
@@ -406,12 +410,17 @@ def _kept(project: MigrationProject, st: SchemaStatus, to: str) -> int:
     return applied.index(revision) + 1
 
 
-def _downgrade_target(project: MigrationProject, st: SchemaStatus, to: str) -> str:
-    """Alembic's name for the downgrade target of one schema."""
-    _kept(project, st, to)
-    if _RELATIVE.match(to):
-        return f"{st.schema}@-{int(to[1:])}"
-    return f"{st.schema}@base" if to == "base" else project.resolve(to).revision
+def _downgrade_target(project: MigrationProject, st: SchemaStatus, to: str) -> str | None:
+    """Alembic's name for the downgrade target of one schema: the revision that stays,
+    or ``<first revision>@base``; None when nothing is to be reverted. Revision ids, so no
+    branch label is needed."""
+    kept = _kept(project, st, to)
+    applied = [r for r in project.revisions(st.schema) if r not in st.pending]
+    if kept == len(applied):
+        return None  # already there: nothing to do, which is success
+    if kept == 0:
+        return f"{applied[0].revision}@base"
+    return applied[kept - 1].revision
 
 
 def _rehearse(
@@ -481,7 +490,8 @@ def downgrade(
         advisory_lock(conn, project.settings.lock_wait_timeout_seconds),
     ):
         statuses = _status_from_heads(project, _db_heads(conn), list(project.schemas))
-        targets = [_downgrade_target(project, st, to) for st in statuses if st.schema in selected]
+        wanted = (_downgrade_target(project, st, to) for st in statuses if st.schema in selected)
+        targets = [target for target in wanted if target is not None]
         if not allow_data_loss:
             rehearsed = _rehearse(project, environment, conn, url, targets, run_id, on_step)
             if isinstance(rehearsed, RunResult):

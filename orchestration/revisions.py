@@ -15,12 +15,7 @@ from alembic.util.pyfiles import load_python_file
 
 from orchestration import scan
 from orchestration.errors import ConfigurationError
-from orchestration.settings import ProjectSettings, check_identifier
-
-
-def schema_of_path(path: str | Path) -> str:
-    """A revision belongs to the schema named by its folder: versions/<schema>/<file>.py."""
-    return Path(path).parent.name
+from orchestration.settings import ProjectSettings
 
 
 def file_checksum(path: str | Path) -> str:
@@ -48,13 +43,13 @@ class Revision:
     defines_verify: bool = False
 
     @classmethod
-    def from_script(cls, script: Script) -> Revision:
+    def from_script(cls, script: Script, schema: str) -> Revision:
         """From Alembic's own Script, for plain `alembic` runs that have no project."""
         doc = (script.module.__doc__ or "") if script.module else ""
         found = scan.CREATE_DATE.search(doc)
         return cls(
             revision=script.revision,
-            schema=schema_of_path(script.path),
+            schema=schema,
             message=script.doc,
             path=Path(script.path),
             down_revisions=_as_tuple(script.down_revision),
@@ -73,12 +68,14 @@ class MigrationProject:
 
     def __init__(self, settings: ProjectSettings):
         self.settings = settings
-        dirs = scan.version_dirs(settings.alembic_ini)
-        _check_folders_listed(settings, dirs)
-        self._by_schema: dict[str, list[Revision]] = {
-            check_identifier("schema", folder.name): [] for folder in dirs
-        }
-        files = self._read(dirs)
+        if not settings.histories:
+            raise ConfigurationError(
+                f"{settings.alembic_ini.name} names no folder of revisions: set "
+                "script_location (its versions/ folder) or version_locations"
+            )
+        _check_folders_listed(settings)
+        self._by_schema: dict[str, list[Revision]] = {h.schema: [] for h in settings.histories}
+        files = self._read(settings)
         self._by_id: dict[str, Revision] = {}
         labels = {label: f.schema for f in files for label in f.branch_labels}
         for f in files:
@@ -108,8 +105,8 @@ class MigrationProject:
             self._by_schema[schema] = revisions
 
     @staticmethod
-    def _read(dirs: list[Path]) -> list[scan.RevisionFile]:
-        files = scan.read_revision_files(dirs)
+    def _read(settings: ProjectSettings) -> list[scan.RevisionFile]:
+        files = scan.read_revision_files(settings.histories)
         for f in files:
             if f.error:
                 raise ConfigurationError(f"revision file {f.path}: {f.error}")
@@ -288,11 +285,15 @@ class MigrationProject:
         return load_python_file(str(revision.path.parent), revision.path.name)
 
 
-def _check_folders_listed(settings: ProjectSettings, dirs: list[Path]) -> None:
-    versions = settings.root / "migrations" / "versions"
-    listed = {Path(p).resolve() for p in dirs}
-    for folder in sorted(versions.iterdir()) if versions.is_dir() else []:
-        if folder.is_dir() and not folder.name.startswith((".", "_")) and folder not in listed:
-            raise ConfigurationError(
-                f"schema folder {folder} is not in version_locations of {settings.alembic_ini.name}"
-            )
+def _check_folders_listed(settings: ProjectSettings) -> None:
+    """In the folder-per-schema layout, a schema folder left out of version_locations would
+    be silently ignored: refuse it."""
+    parents = {h.folder.parent for h in settings.histories if len(settings.histories) > 1}
+    listed = {h.folder for h in settings.histories}
+    for parent in sorted(parents):
+        for folder in sorted(parent.iterdir()):
+            if folder.is_dir() and not folder.name.startswith((".", "_")) and folder not in listed:
+                raise ConfigurationError(
+                    f"schema folder {folder} is not in version_locations of "
+                    f"{settings.alembic_ini.name}"
+                )

@@ -482,7 +482,7 @@ class StepRecorder:
         """The project's reading of a revision (file read once per command), else Alembic's."""
         assert script is not None
         known = self.project.revision(script.revision) if self.project else None
-        return known or Revision.from_script(script)
+        return known or Revision.from_script(script, self.settings.schema_of(script.path))
 
     def _row(
         self, info: MigrationInfo, *, success: bool, error: str | None = None
@@ -622,13 +622,15 @@ def run_migrations_online(context: EnvironmentContext, **options: Any) -> None:
 _PIPELINE_OPTIONS = ("connection", "transaction_per_migration", "on_version_apply")
 
 
-def _destination(context: EnvironmentContext) -> Any:
-    """The revision a command moves to (upgrade, downgrade, stamp); None for the commands
-    that only read (current, check, revision --autogenerate), which pass none at all."""
+def _moves(context: EnvironmentContext) -> bool:
+    """Whether the command moves the version table (upgrade, downgrade, stamp: they pass a
+    destination, which is None for base); current, check, revision --autogenerate pass
+    none at all."""
     try:
-        return context.get_revision_argument()
+        context.get_revision_argument()
     except KeyError:
-        return None
+        return False
+    return True
 
 
 def _run_online(
@@ -644,7 +646,7 @@ def _run_online(
     attributes = context.config.attributes
     url = url or connection.engine.url
     theirs = {k: v for k, v in options.items() if k not in _PIPELINE_OPTIONS}
-    if _destination(context) is None:
+    if not _moves(context):
         # current, check, revision --autogenerate, history -i: no revision will run, so
         # nothing is written (not even Alembic's empty version table) and no lock is taken.
         context.configure(connection=connection, **{"dont_mutate": True, **theirs})

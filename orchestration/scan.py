@@ -13,10 +13,11 @@ import re
 import stat
 import sys
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from alembic.config import Config
+from orchestration.settings import History
 
 CREATE_DATE = re.compile(r"^Create Date:\s*(.+?)\s*$", re.MULTILINE)
 
@@ -36,22 +37,17 @@ class RevisionFile:
     error: str | None = None
 
 
-def version_dirs(alembic_ini: Path) -> list[Path]:
-    """The schema folders alembic.ini lists in version_locations."""
-    return [Path(p) for p in Config(str(alembic_ini)).get_version_locations_list() or []]
-
-
-def list_files(dirs: list[Path]) -> list[tuple[str, str, os.stat_result]]:
+def list_files(histories: Iterable[History]) -> list[tuple[str, str, os.stat_result]]:
     """(schema, path, stat) of every revision file, with os.scandir: no imports, no reads."""
     found = []
-    for folder in dirs:
+    for folder, schema in ((h.folder, h.schema) for h in histories):
         try:
             entries = list(os.scandir(folder))
         except FileNotFoundError:
             continue
         for entry in entries:
             if entry.name.endswith(".py") and not entry.name.startswith((".", "_")):
-                found.append((folder.name, entry.path, entry.stat()))
+                found.append((schema, entry.path, entry.stat()))
     return found
 
 
@@ -110,8 +106,8 @@ def _strings(value: object) -> tuple[str, ...]:
     return tuple(str(v) for v in value) if isinstance(value, list | tuple) else ()
 
 
-def scan(alembic_ini: Path) -> list[RevisionFile]:
-    return read_revision_files(version_dirs(alembic_ini))
+def scan(histories: Iterable[History]) -> list[RevisionFile]:
+    return read_revision_files(histories)
 
 
 # --- a cache of readings, next to Python's own bytecode cache ----------------------------
@@ -124,13 +120,13 @@ _FORMAT = "1:" + ",".join(_FIELDS)
 _TUPLES = ("down_revisions", "depends_on", "branch_labels")  # JSON keeps them as lists
 
 
-def read_revision_files(dirs: list[Path]) -> list[RevisionFile]:
+def read_revision_files(histories: Iterable[History]) -> list[RevisionFile]:
     """Every revision file of ``dirs``, read. Parsing is most of the cost (~0.1 ms a file),
     so readings are kept in ``__pycache__/migrate-scan.json`` of each folder, by checksum,
     and written like Python writes bytecode: not when sys.dont_write_bytecode is set."""
     files: list[RevisionFile] = []
     by_folder: dict[str, list[tuple[str, str]]] = {}
-    for schema, path, _ in list_files(dirs):
+    for schema, path, _ in list_files(histories):
         by_folder.setdefault(os.path.dirname(path), []).append((schema, path))
     for folder, entries in by_folder.items():
         cache_path = os.path.join(folder, "__pycache__", CACHE_NAME)

@@ -36,6 +36,15 @@ class EnvironmentSettings:
 
 
 @dataclass(frozen=True)
+class History:
+    """One folder of revision files (a version location) and the PostgreSQL schema its
+    revisions manage: the folder's name, or what migrate.toml's [schemas] maps it to."""
+
+    folder: Path
+    schema: str
+
+
+@dataclass(frozen=True)
 class ProjectSettings:
     """Everything an entry point needs to know about the migration project."""
 
@@ -43,6 +52,15 @@ class ProjectSettings:
     environments: tuple[EnvironmentSettings, ...]
     audit_schema: str = "public"
     lock_wait_timeout_seconds: float = 60.0
+    histories: tuple[History, ...] = ()
+
+    def schema_of(self, path: str | os.PathLike[str]) -> str:
+        """The schema a revision file belongs to, from the folder it is in."""
+        folder = Path(path).resolve().parent
+        for history in self.histories:
+            if history.folder == folder:
+                return history.schema
+        return folder.name
 
     @property
     def root(self) -> Path:
@@ -156,7 +174,12 @@ def load_settings(alembic_ini: str | os.PathLike[str] | None = None) -> ProjectS
 
 # --- migrate.toml, checked key by key ------------------------------------------------------
 
-_SECTIONS = {"audit": {"schema"}, "lock": {"wait_timeout_seconds"}, "environments": set()}
+_SECTIONS = {
+    "audit": {"schema"},
+    "lock": {"wait_timeout_seconds"},
+    "environments": set(),
+    "schemas": set(),
+}
 _ENVIRONMENT_KEYS = {"url_env", "lock_timeout", "statement_timeout", "promote", "fleet"}
 _FLEET_KEYS = {"databases", "query"}
 _VARIABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -287,9 +310,76 @@ def settings_from_dict(ini: Path, data: dict, *, source: str = "migrate.toml") -
             f"{source} [lock] wait_timeout_seconds: must be a finite number of seconds >= 0, "
             f"got {lock_wait!r}"
         )
+    mapping = _table_of(data, "schemas", f"{source} [schemas]")
     return ProjectSettings(
         alembic_ini=ini,
         environments=environments,
         audit_schema=audit_schema,
         lock_wait_timeout_seconds=float(lock_wait),
+        histories=histories(ini, mapping, source),
     )
+
+
+# --- histories: which folder of revisions manages which schema ------------------------------
+
+_ALEMBIC_DEFAULT_FOLDER = "versions"
+
+
+def version_folders(ini: Path) -> list[Path]:
+    """The folders Alembic reads revisions from: version_locations, else Alembic's own
+    default, <script_location>/versions."""
+    config = Config(str(ini))
+    listed = config.get_version_locations_list()
+    if listed:
+        return [Path(p).resolve() for p in listed]
+    script_location = config.get_alembic_option("script_location")
+    if not script_location:
+        return []
+    return [(Path(coerce_resource_to_filename(script_location)) / "versions").resolve()]
+
+
+def histories(ini: Path, mapping: dict, source: str = "migrate.toml") -> tuple[History, ...]:
+    """Each version folder with its schema; ``mapping`` is migrate.toml's [schemas]:
+    a folder (relative to alembic.ini's) = the PostgreSQL schema its history manages."""
+    folders = version_folders(ini)
+    by_folder: dict[Path, str] = {}
+    for key, schema in mapping.items():
+        folder = (ini.parent / key).resolve()
+        if folder not in folders:
+            listed = ", ".join(os.path.relpath(f, ini.parent) for f in folders) or "none"
+            raise ConfigurationError(
+                f"{source} [schemas] {key!r}: not a version folder of {ini.name} "
+                f"(folders: {listed})"
+            )
+        if not isinstance(schema, str):
+            raise ConfigurationError(f"{source} [schemas] {key!r}: must be a schema name")
+        by_folder[folder] = _mapped(schema, f"{source} [schemas] {key!r}")
+    found = []
+    for folder in folders:
+        schema = by_folder.get(folder)
+        if schema is None:
+            if folder.name == _ALEMBIC_DEFAULT_FOLDER:
+                relative = os.path.relpath(folder, ini.parent)
+                raise ConfigurationError(
+                    f"{relative}/ holds a history but names no PostgreSQL schema: say which "
+                    f'one it manages in migrate.toml, [schemas] "{relative}" = "public" '
+                    "(`migrate init` writes it)"
+                )
+            schema = _mapped(folder.name, f"version folder {folder}")
+        found.append(History(folder, schema))
+    seen: dict[str, Path] = {}
+    for history in found:
+        if history.schema in seen:
+            raise ConfigurationError(
+                f"schema {history.schema!r} is managed by two folders, {seen[history.schema]} "
+                f"and {history.folder}: one history per schema"
+            )
+        seen[history.schema] = history.folder
+    return tuple(found)
+
+
+def _mapped(schema: str, where: str) -> str:
+    try:
+        return check_identifier("schema", schema)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"{where}: {exc}") from None

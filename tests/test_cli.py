@@ -391,8 +391,8 @@ def test_every_command_names_its_target_first(
     monkeypatch.setenv("DEV_DATABASE_URL", url.render_as_string(hide_password=False))
     if args[0] == "downgrade":
         assert run(capsys, "upgrade", "--schema", "ecommerce")[0] == 0
-    code, out, _ = run(capsys, *args)
-    assert code in (0, 1)  # verify of a fresh database fails: it is behind head
+    code, out, err = run(capsys, *args)
+    assert code in (0, 1), err  # verify of a fresh database fails: it is behind head
     shown = f"postgresql+psycopg2://{secret_role}:***@{url.host}:{url.port}/{url.database}"
     sql_comment = "-- " if args[0] == "plan" else ""  # plan's output stays valid SQL
     assert out.splitlines()[0] == f"{sql_comment}dev: {shown}"
@@ -419,19 +419,30 @@ def test_audit_of_a_new_database_is_an_empty_table(workspace: Workspace, capsys)
     assert code == 0 and json.loads(out)["rows"] == []
 
 
-def test_status_of_a_project_with_no_schemas_is_empty(workspace: Workspace, capsys):
+def test_a_history_that_names_no_schema_is_one_line_with_the_fix(workspace: Workspace, capsys):
+    """No version_locations: Alembic's default folder, migrations/versions. Its name is no
+    PostgreSQL schema, so migrate.toml must say which schema it manages."""
     for folder in workspace.versions.iterdir():
         shutil.rmtree(folder)
     ini = workspace.ini.read_text()
     start = ini.index("version_locations =")
     end = ini.index("\n\n", start)
     workspace.ini.write_text(ini[:start] + ini[end:])
+
+    code, out, err = run(capsys, "status")
+
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and '[schemas] "migrations/versions" = "public"' in err
+
+    toml = workspace.root / "migrate.toml"
+    toml.write_text(toml.read_text() + '\n[schemas]\n"migrations/versions" = "public"\n')
     code, out, err = run(capsys, "status")
     assert code == 0, err
     assert out.splitlines()[2].split() == ["schema", "current", "head", "at", "head"]
-    assert len(out.splitlines()) == 4
+    assert out.splitlines()[4].split()[:2] == ["public", "base"]
     code, out, _ = run(capsys, "status", "--json")
-    assert code == 0 and json.loads(out)["schemas"] == []
+    (schema,) = json.loads(out)["schemas"]
+    assert code == 0 and (schema["schema"], schema["pending"]) == ("public", [])
 
 
 def run_or_exit(capsys, *args: str) -> tuple[int, str, str]:

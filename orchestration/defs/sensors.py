@@ -3,6 +3,7 @@
 import json
 import os
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 
 import dagster as dg
@@ -10,17 +11,20 @@ import dagster as dg
 from orchestration import scan
 from orchestration.defs.translator import SchemaAssetTranslator
 from orchestration.revisions import file_checksum
+from orchestration.settings import History, ProjectSettings
 
 # cursor: {relative path: [mtime_ns, size, sha256]}; unchanged stat means unchanged file,
 # so a quiet tick reads no file at all.
 Cursor = dict[str, list]
 
 
-def changed_files(root: Path, dirs: list[Path], previous: Cursor) -> tuple[Cursor, list]:
+def changed_files(
+    root: Path, histories: Sequence[History], previous: Cursor
+) -> tuple[Cursor, list]:
     """The new cursor, and (schema, path, sha256) of files new or changed since ``previous``."""
     current: Cursor = {}
     changed = []
-    for schema, path, st in scan.list_files(dirs):
+    for schema, path, st in scan.list_files(histories):
         key = os.path.relpath(path, root)
         old = previous.get(key)
         if old and old[0] == st.st_mtime_ns and old[1] == st.st_size:
@@ -34,11 +38,11 @@ def changed_files(root: Path, dirs: list[Path], previous: Cursor) -> tuple[Curso
 
 
 def build_revision_files_sensor(
-    alembic_ini: Path, translator: SchemaAssetTranslator, environment: str
+    settings: ProjectSettings, translator: SchemaAssetTranslator, environment: str
 ) -> dg.SensorDefinition:
-    dirs = scan.version_dirs(alembic_ini)
-    root = alembic_ini.parent
-    keys = [translator.get_asset_key(environment, d.name) for d in dirs]
+    histories = settings.histories
+    root = settings.root
+    keys = [translator.get_asset_key(environment, h.schema) for h in histories]
 
     @dg.sensor(
         name="revision_files_sensor",
@@ -46,7 +50,8 @@ def build_revision_files_sensor(
         minimum_interval_seconds=30,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=(
-            f"Watches {', '.join(os.path.relpath(d, root) for d in dirs)} for new or edited "
+            f"Watches {', '.join(os.path.relpath(h.folder, root) for h in histories)} for new "
+            "or edited "
             f"revision files (stat and sha256, nothing imported) and materializes the "
             f"{environment} asset of each schema they belong to."
         ),
@@ -55,7 +60,7 @@ def build_revision_files_sensor(
         context: dg.SensorEvaluationContext,
     ) -> dg.SensorResult | dg.SkipReason:
         previous: Cursor | None = json.loads(context.cursor) if context.cursor else None
-        current, changed = changed_files(root, dirs, previous or {})
+        current, changed = changed_files(root, histories, previous or {})
         if previous is None:
             context.update_cursor(json.dumps(current))
             return dg.SkipReason(f"first tick: {len(current)} revision files recorded")
