@@ -35,7 +35,12 @@ SELECT jsonb_build_object(
              WHEN 'm' THEN 'materialized view' WHEN 'S' THEN 'sequence' ELSE 'foreign table' END)
       FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
      WHERE n.nspname = :schema AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
-       AND NOT c.relname = ANY(:own)), '{}'::jsonb),
+       AND NOT c.relname = ANY(:own)
+       -- nor the sequences our tables own (the audit table's identity)
+       AND NOT EXISTS (SELECT 1 FROM pg_depend d JOIN pg_class t ON t.oid = d.refobjid
+                        WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
+                          AND d.deptype IN ('a', 'i') AND t.relname = ANY(:own))),
+     '{}'::jsonb),
   'columns', COALESCE((
     SELECT jsonb_object_agg(c.relname || '.' || a.attname,
              format_type(a.atttypid, a.atttypmod)

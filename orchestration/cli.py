@@ -277,6 +277,34 @@ def cmd_baseline(project: MigrationProject, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_init(args: argparse.Namespace) -> int:
+    """Before any setting can be read: init is what makes the project readable."""
+    from orchestration import adopt
+    from orchestration.settings import find_alembic_ini_path
+
+    result = adopt.init(find_alembic_ini_path(args.config), args.schema_name)
+    if args.json:
+        _print_json(result.to_dict())
+        return EXIT_OK
+    for folder, schema in result.histories.items():
+        print(f"history {folder}/ manages schema {schema}")
+    if result.wrote:
+        for path in result.wrote:
+            print(f"wrote {path}")
+    else:
+        print("nothing to do: the project is already wired in")
+    if result.carried:
+        print(f"env.py hands on its configure() options: {', '.join(result.carried)}")
+    for note in result.notes:
+        print(f"note: {note}")
+    print(
+        "next: set DEV_DATABASE_URL, STAGING_DATABASE_URL, PROD_DATABASE_URL (or none, for the "
+        "embedded PostgreSQL), then `migrate status`; a database plain alembic already "
+        "migrated: `migrate baseline`"
+    )
+    return EXIT_OK
+
+
 def _check_writable(option: str, value: str) -> Path:
     """A file the command will write, checked before anything connects."""
     path = Path(value)
@@ -453,6 +481,24 @@ def build_parser() -> argparse.ArgumentParser:
         "compares with (drift made by hand is reported until this), and applied revisions' "
         "checksums are recorded where none are (a database plain alembic migrated); audited",
     )
+    init = sub.add_parser(
+        "init",
+        help="wire an existing Alembic project in (writes migrate.toml, ends env.py with the "
+        "pipeline's call); no revision file is touched; a second run changes nothing",
+        description="Run in an Alembic project's folder. Finds its histories (version_locations, "
+        "or Alembic's default <script_location>/versions), writes migrate.toml (environments, "
+        "and the PostgreSQL schema each history manages: public for a single history unless "
+        "--schema), and replaces env.py's closing offline/online dispatch with "
+        "runtime.run_migrations(context, ...), handing on its context.configure() options "
+        "(target_metadata, include_object, version_table, ...).",
+    )
+    init.add_argument(
+        "--schema",
+        dest="schema_name",
+        help="the PostgreSQL schema a single history manages (default: public)",
+    )
+    init.add_argument("--json", action="store_true", help="print JSON for machines")
+    init.set_defaults(handler=None, needs_project=False)
     audit_parser = add("audit", cmd_audit, "show the newest rows of alembic_version_history")
     audit_parser.add_argument("--limit", type=int, default=20, help="rows to show (default 20)")
     audit_parser.add_argument(
@@ -512,6 +558,8 @@ def _run(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     urls.register_url(os.environ.get(launcher.STORAGE_ENV))
     try:
+        if args.command == "init":
+            return cmd_init(args)
         settings = load_settings(args.config)
         _target.settings, _target.json_output = settings, bool(getattr(args, "json", False))
         if not getattr(args, "needs_project", True):

@@ -87,6 +87,11 @@ def check_identifier(kind: str, name: str) -> str:
     return name
 
 
+def find_alembic_ini_path(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """Where alembic.ini is looked for, as `alembic` does, whether or not it exists."""
+    return Path(explicit or os.environ.get("ALEMBIC_CONFIG") or "alembic.ini").resolve()
+
+
 def find_alembic_ini(explicit: str | os.PathLike[str] | None = None) -> Path:
     """alembic.ini as `alembic` finds it: -c/--config, then $ALEMBIC_CONFIG, then ./alembic.ini."""
     path = Path(explicit or os.environ.get("ALEMBIC_CONFIG") or "alembic.ini")
