@@ -16,6 +16,7 @@ from conftest import (
     Workspace,
     failing_revision,
     revision_file,
+    simple_revision,
 )
 
 from orchestration import embedded, engine, launcher
@@ -533,3 +534,70 @@ def test_baseline_accepts_drift_with_an_audit_row_and_verify_passes_again(
     assert "accepted: relation by_hand exists but no migration created it" in out
     assert run(capsys, "verify", "--schema", "ecommerce")[0] == 0
     assert workspace.audit()[-2].operation == "baseline"  # then verify's own row
+
+
+def _state(workspace: Workspace, capsys, state: str) -> None:
+    """Put dev in ``state``: fresh, at_head, behind, ahead (a revision applied whose file
+    is gone, as after switching branches), or by_hand (a change made outside migrations)."""
+    import sqlalchemy as sa
+
+    if state == "fresh":
+        return
+    if state == "behind":
+        assert main(["upgrade", "--to", "da35ac5b8dce"]) == 0
+    else:
+        assert main(["upgrade"]) == 0
+    if state == "ahead":
+        workspace.add_revision(
+            "analytics",
+            "2024_06_01_0900-a4ead0000001_gone.py",
+            simple_revision("a4ead0000001", ANALYTICS_HEAD, "soon_gone").replace(
+                'schema="ecommerce"', 'schema="analytics"'
+            ),
+        )
+        assert main(["upgrade"]) == 0
+        (workspace.versions / "analytics" / "2024_06_01_0900-a4ead0000001_gone.py").unlink()
+    if state == "by_hand":
+        with workspace.connect() as conn:
+            conn.execute(sa.text("ALTER TABLE ecommerce.orders ADD COLUMN by_hand int"))
+            conn.commit()
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize("state", ["fresh", "at_head", "behind", "ahead", "by_hand"])
+def test_every_command_twice_in_every_state_answers_without_a_crash(
+    workspace: Workspace, capsys, state: str
+):
+    """Nothing to do is success; a state the command cannot serve is a clear line, exit 1
+    or 2; never a traceback or an internal error."""
+    _state(workspace, capsys, state)
+    commands = [
+        ["status"],
+        ["plan"],
+        ["verify"],
+        ["audit"],
+        ["upgrade"],
+        ["downgrade", "--schema", "analytics", "--to", "-1"],
+        ["baseline", "--schema", "ecommerce"],
+    ]
+    outcomes = {}
+    for args in commands:
+        for attempt in (1, 2):
+            code, out, err = run(capsys, *args)
+            assert "Traceback" not in out + err and "internal error" not in err, (args, err)
+            assert code in (0, 1, 2), (args, code, err)
+            if code == 2:
+                assert err.count("\n") == 1, (args, err)  # bad input: one line
+            if code == 1:
+                assert "FAIL" in out or err.startswith(("dev: ", "migrate: failed")), (args, err)
+            outcomes[(args[0], attempt)] = code
+    assert outcomes[("status", 1)] == outcomes[("status", 2)] == 0
+    assert outcomes[("audit", 2)] == 0
+    if state != "ahead":
+        assert outcomes[("upgrade", 2)] == 0  # the second upgrade has nothing to do
+    else:
+        assert outcomes[("upgrade", 1)] == 1  # Alembic cannot place the unknown revision
+        code, out, err = run(capsys, "verify", "--schema", "analytics")
+        assert (
+            code == 1 and "a4ead0000001 is applied in the database but its file is missing" in out
+        )
