@@ -150,8 +150,8 @@ def adopted(tmp_path: Path, databases: Databases, monkeypatch: pytest.MonkeyPatc
     monkeypatch.delenv("ALEMBIC_CONFIG", raising=False)
     monkeypatch.chdir(root)  # alembic.ini's script_location is relative: app/alembic
     monkeypatch.syspath_prepend(str(root))  # env.py imports app.models, app.core.config
-    for module in [m for m in sys.modules if m == "app" or m.startswith("app.")]:
-        monkeypatch.delitem(sys.modules, module)
+    # app.models, once imported, stays in sys.modules: SQLModel.metadata is a global of the
+    # sqlmodel package, and importing the models a second time would define `user` twice.
     return project
 
 

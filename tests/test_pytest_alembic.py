@@ -222,8 +222,8 @@ class TestTheAdoptedProject:
         assert init.returncode == 0, init.stdout + init.stderr
         monkeypatch.chdir(root)  # alembic.ini's script_location is relative: app/alembic
         monkeypatch.syspath_prepend(str(root))  # env.py imports app.models, app.core.config
-        for module in [m for m in sys.modules if m == "app" or m.startswith("app.")]:
-            monkeypatch.delitem(sys.modules, module)
+        # app.models, once imported, stays in sys.modules: SQLModel.metadata is a global of the
+        # sqlmodel package, and importing the models a second time would define `user` twice.
         return root
 
     @pytest.fixture
