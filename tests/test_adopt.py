@@ -325,3 +325,23 @@ def test_dagster_materializes_the_single_asset_dev_public(initialized: Adopted):
     )
     assert {r.run_id for r in rows} == {result.run_id}
     assert project.tables("staging") == set()
+
+
+def test_the_teams_alembic_check_and_current_keep_working_after_migrate_upgrade(
+    initialized: Adopted,
+):
+    """env.py still gives Alembic the team's target_metadata: `alembic check` compares the
+    models with the database migrate upgraded and finds nothing to do (the pipeline's own
+    tables in public are not the team's to drop); read-only commands write no audit row."""
+    project = initialized
+    project.migrate("upgrade")
+    rows = len(project.audit())
+
+    current = project.run("alembic", "current")
+    check = project.run("alembic", "check")
+
+    assert current.returncode == 0, current.stderr
+    assert HEAD in current.stdout
+    assert check.returncode == 0, check.stdout + check.stderr[-3000:]
+    assert "No new upgrade operations detected" in check.stdout + check.stderr
+    assert len(project.audit()) == rows
