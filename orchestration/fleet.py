@@ -129,11 +129,16 @@ def migrate_targets(
     )
     queued = iter(databases)
     running: dict[Future[TargetOutcome], str] = {}
+    unstarted: list[str] = []  # handed out after the pool broke: never began
 
     def start_next() -> None:
         database = next(queued, None)
-        if database is not None:
+        if database is None:
+            return
+        try:
             running[pool.submit(_migrate_in_worker, environment, database, run_id)] = database
+        except BrokenProcessPool:  # a worker died while another target was ending
+            unstarted.append(database)
 
     try:
         # One target in flight per worker, the next handed out as one ends: stopped early
@@ -154,7 +159,7 @@ def migrate_targets(
                     outcome = TargetOutcome(database, FAILED, error=f"{exc!r}")
                 start_next()
                 yield outcome
-        for database in queued:  # left when the pool died
+        for database in [*unstarted, *queued]:  # left when the pool died
             yield TargetOutcome(database, FAILED, error="not started: a worker process died")
     finally:
         pool.shutdown(wait=True, cancel_futures=True)

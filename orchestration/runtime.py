@@ -622,6 +622,22 @@ def run_migrations_online(context: EnvironmentContext, **options: Any) -> None:
 _PIPELINE_OPTIONS = ("connection", "transaction_per_migration", "on_version_apply")
 
 
+def _without_our_tables(settings: ProjectSettings, options: dict[str, Any]) -> dict[str, Any]:
+    """The team's options, with autogenerate (``revision --autogenerate``, ``check``)
+    blind to the pipeline's own tables: they live in the audit schema (often ``public``,
+    the team's own), and must never appear as tables to drop."""
+    theirs = options.get("include_name")
+    ours = {audit.TABLE_NAME, catalog.SNAPSHOT_TABLE}
+
+    def include_name(name: str | None, type_: str, parent_names: Mapping[str, Any]) -> bool:
+        schema = parent_names.get("schema_name")
+        if type_ == "table" and name in ours and schema in (None, settings.audit_schema):
+            return False
+        return bool(theirs(name, type_, parent_names)) if theirs is not None else True
+
+    return {**options, "include_name": include_name}
+
+
 def _moves(context: EnvironmentContext) -> bool:
     """Whether the command moves the version table (upgrade, downgrade, stamp: they pass a
     destination, which is None for base); current, check, revision --autogenerate pass
@@ -645,7 +661,9 @@ def _run_online(
 ) -> None:
     attributes = context.config.attributes
     url = url or connection.engine.url
-    theirs = {k: v for k, v in options.items() if k not in _PIPELINE_OPTIONS}
+    theirs = _without_our_tables(
+        settings, {k: v for k, v in options.items() if k not in _PIPELINE_OPTIONS}
+    )
     if not _moves(context):
         # current, check, revision --autogenerate, history -i: no revision will run, so
         # nothing is written (not even Alembic's empty version table) and no lock is taken.
