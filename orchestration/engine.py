@@ -575,6 +575,19 @@ def _drift(project: MigrationProject, conn: sa.Connection, st: SchemaStatus) -> 
         )
         for name in catalog.invalid_indexes(conn, st.schema)
     ]
+    if st.current is not None and not conn.scalar(
+        sa.text("SELECT count(*) FROM pg_namespace WHERE nspname = :s"), {"s": st.schema}
+    ):
+        # Revisions applied, yet no such schema: the history manages another one, and
+        # drift would be checked on nothing.
+        findings.append(
+            VerifyFinding(
+                "schema",
+                f"schema {st.schema} does not exist though {st.current} is applied: its "
+                "revisions manage another schema; say which in migrate.toml, [schemas] "
+                '"<folder>" = "<schema>"',
+            )
+        )
     expected = catalog.load(conn, project.settings.audit_schema, st.schema, st.current)
     if expected is None:
         findings.append(

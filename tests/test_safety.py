@@ -535,3 +535,21 @@ def test_a_revision_can_still_copy_rows_in(workspace: Workspace):
     result = engine.upgrade(workspace.project(), "dev", schemas=["ecommerce"])
     assert result.ok, result.error
     assert workspace.scalar("SELECT count(*) FROM ecommerce.seeded") == 2
+
+
+def test_a_history_mapped_to_a_schema_its_revisions_do_not_create_fails_verify(
+    workspace: Workspace,
+):
+    """A folder named after no real schema would have drift checked on nothing."""
+    toml = workspace.root / "migrate.toml"
+    toml.write_text(toml.read_text() + '\n[schemas]\n"migrations/versions/analytics" = "stats"\n')
+    project = workspace.project()
+    assert engine.upgrade(project, "dev").ok
+
+    (verified,) = engine.verify(project, "dev", ["stats"])
+
+    assert not verified.ok
+    assert any(
+        f.check == "schema" and "schema stats does not exist" in f.message
+        for f in verified.findings
+    )
