@@ -635,6 +635,33 @@ def _revision_hooks(
     return findings
 
 
+def _standing_row(
+    operation: str,
+    schema: str,
+    revision: str | None,
+    environment: str,
+    executed_by: str | None,
+    run_id: str | None,
+    *,
+    success: bool = True,
+    **columns: object,
+) -> audit.AuditRow:
+    """An audit row for a step that moves nothing (verify, baseline): from and to are the
+    revision the schema stands at."""
+    return audit.AuditRow(
+        operation=operation,
+        alembic_version=revision,
+        prev_alembic_version=revision,
+        operation_direction=None,
+        schema_name=schema,
+        environment=environment,
+        success=success,
+        executed_by=executed_by,
+        run_id=run_id,
+        **columns,  # type: ignore[arg-type]
+    )
+
+
 def verify(
     project: MigrationProject,
     environment: str,
@@ -662,16 +689,14 @@ def verify(
             result = VerifyResult(environment, st.schema, st.current, st.head, findings)
             result.duration_ms = round((time.perf_counter() - started) * 1000, 3)
             errors = [f.message for f in findings if f.severity == "error"]
-            row = audit.AuditRow(
-                operation=audit.VERIFY,
-                alembic_version=st.current,
-                prev_alembic_version=st.current,
-                operation_direction=None,
-                schema_name=st.schema,
-                environment=environment,
+            row = _standing_row(
+                audit.VERIFY,
+                st.schema,
+                st.current,
+                environment,
+                executed_by,
+                run_id,
                 success=result.ok,
-                executed_by=executed_by,
-                run_id=run_id,
                 duration_ms=result.duration_ms,
                 error="; ".join(errors)[:4000] or None,
             )
@@ -732,33 +757,18 @@ def baseline(
             if st.current is not None and all(r.revision != st.current for r in anew):
                 anew.append(next(r for r in applied if r.revision == st.current))
             rows = [
-                audit.AuditRow(
-                    operation=audit.BASELINE,
-                    alembic_version=r.revision,
-                    prev_alembic_version=r.revision,
-                    operation_direction=None,
-                    schema_name=st.schema,
-                    environment=environment,
-                    success=True,
+                _standing_row(
+                    audit.BASELINE,
+                    st.schema,
+                    r.revision,
+                    environment,
+                    executed_by,
+                    run_id,
                     user_version=r.create_date,
                     revision_checksum=r.checksum,
-                    executed_by=executed_by,
-                    run_id=run_id,
                 )
                 for r in anew
-            ] or [
-                audit.AuditRow(
-                    operation=audit.BASELINE,
-                    alembic_version=None,
-                    prev_alembic_version=None,
-                    operation_direction=None,
-                    schema_name=st.schema,
-                    environment=environment,
-                    success=True,
-                    executed_by=executed_by,
-                    run_id=run_id,
-                )
-            ]
+            ] or [_standing_row(audit.BASELINE, st.schema, None, environment, executed_by, run_id)]
             ids = [audit.insert_row(conn, audit_schema, row).id for row in rows]
             catalog.save(conn, audit_schema, st.schema, st.current, live)
             conn.commit()
