@@ -82,7 +82,7 @@ class _Removal:
 class Rehearsal:
     """Watches a downgrade that runs in a transaction the caller rolls back.
 
-    runtime.StepRecorder calls ``attach``, ``step_started``, ``statement`` and
+    recorder.StepRecorder calls ``attach``, ``step_started``, ``statement`` and
     ``step_ended``; the caller, after the rollback, calls ``at_risk``.
     """
 

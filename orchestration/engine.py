@@ -28,7 +28,7 @@ from sqlalchemy.engine import URL
 from orchestration import audit, catalog
 from orchestration.errors import ConfigurationError, DataLossRefused, MigrationError
 from orchestration.revisions import MigrationProject, Revision
-from orchestration.runtime import advisory_lock, create_engine, error_text
+from orchestration.sessions import advisory_lock, create_engine, error_text
 from orchestration.settings import check_identifier
 from orchestration.targets import database_url
 from orchestration.urls import display_url, redact

@@ -19,7 +19,7 @@ from orchestration import engine
 from orchestration.cli import main
 from orchestration.definitions import build_definitions
 from orchestration.errors import DataLossRefused
-from orchestration.runtime import LOCK_KEY
+from orchestration.sessions import LOCK_KEY
 
 
 def _revision(revision: str, down: str, upgrade: str, downgrade: str = "pass") -> str:

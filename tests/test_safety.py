@@ -23,7 +23,7 @@ from conftest import ECOMMERCE_HEAD, Workspace, revision_file
 
 from orchestration import engine
 from orchestration.errors import DataLossRefused, MigrationError
-from orchestration.runtime import LOCK_KEY
+from orchestration.sessions import LOCK_KEY
 
 
 def _two_tables(workspace: Workspace, downgrade: str, *, extra_upgrade: str = "") -> None:
