@@ -5,35 +5,38 @@ import dagster as dg
 from orchestration import engine
 from orchestration.defs import metadata
 from orchestration.defs.resource import MigrationResource
-from orchestration.defs.translator import SchemaAsset, SchemaAssetTranslator
-from orchestration.settings import EnvironmentSettings
+from orchestration.defs.specs import ProjectSpecs, SchemaAssetSpec
 
 
-def build_schema_asset(
-    env: EnvironmentSettings, schema: SchemaAsset, translator: SchemaAssetTranslator
-) -> dg.AssetsDefinition:
-    spec = translator.get_asset_spec(env, schema)
+def pool(env: str) -> str:
+    """One migration step at a time per target database (the engine's lock stays behind
+    it): a safety rule, not presentation, so not the translator's to change."""
+    return f"migrate_{env}"
+
+
+def build_schema_asset(item: SchemaAssetSpec, resource_key: str) -> dg.AssetsDefinition:
+    spec, env, schema = item.asset, item.props.env, item.props.schema.schema
 
     @dg.multi_asset(
         name=spec.key.to_python_identifier(),
         specs=[spec],
-        pool=translator.get_pool(env.name),
+        pool=pool(env),
+        required_resource_keys={resource_key},
     )
-    def _upgrade_schema(
-        context: dg.AssetExecutionContext, migrations: MigrationResource
-    ) -> dg.MaterializeResult:
+    def _upgrade_schema(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        migrations: MigrationResource = getattr(context.resources, resource_key)
         # Promotion carries what was verified, never more: head in the first environment,
         # else the revision the environment before is at and verified (logged, and in the
         # metadata: promoted_to, reason).
         with metadata.clear_errors():
-            result, (promoted,) = migrations.promote(context, env.name, [schema.schema])
+            result, (promoted,) = migrations.promote(context, env, [schema])
         if not result.ok:
-            raise metadata.failure(env.name, result)
-        status = engine.status(migrations.project(), env.name, [schema.schema])[0]
+            raise metadata.failure(env, result)
+        status = engine.status(migrations.project(), env, [schema])[0]
         return dg.MaterializeResult(
             asset_key=spec.key,
             metadata={
-                **metadata.run_metadata(env.name, schema.schema, result.steps, status),
+                **metadata.run_metadata(env, schema, result.steps, status),
                 **metadata.promotion_metadata(promoted),
             },
         )
@@ -41,31 +44,22 @@ def build_schema_asset(
     return _upgrade_schema
 
 
-def build_verify_check(
-    env: EnvironmentSettings, schema: SchemaAsset, translator: SchemaAssetTranslator
-) -> dg.AssetChecksDefinition:
-    key = translator.get_asset_key(env.name, schema.schema)
+def build_verify_check(item: SchemaAssetSpec, resource_key: str) -> dg.AssetChecksDefinition:
+    check, env, schema = item.check, item.props.env, item.props.schema.schema
 
-    @dg.asset_check(
-        asset=key,
-        name="verify",  # contract
-        blocking=True,
-        description=(
-            f"{schema.schema} in {env.name} is where promotion takes it (the first "
-            "environment: head; the others: the revision the environment before is at and "
-            "verified), every applied revision file is "
-            "unchanged since it was applied, the live catalog matches the snapshot taken when "
-            "it was migrated (no drift, no INVALID index), and revision verify() hooks pass. "
-            "Blocking: a failure stops the environments after this one in the same run."
-        ),
-        pool=translator.get_pool(env.name),
+    @dg.multi_asset_check(
+        name=f"{check.asset_key.to_python_identifier()}_{check.name}",
+        specs=[check],
+        pool=pool(env),
+        required_resource_keys={resource_key},
     )
-    def _verify(
-        context: dg.AssetCheckExecutionContext, migrations: MigrationResource
-    ) -> dg.AssetCheckResult:
+    def _verify(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        migrations: MigrationResource = getattr(context.resources, resource_key)
         with metadata.clear_errors():
-            (result,) = migrations.verify_promoted(context, env.name, [schema.schema])
+            (result,) = migrations.verify_promoted(context, env, [schema])
         return dg.AssetCheckResult(
+            asset_key=check.asset_key,
+            check_name=check.name,
             passed=result.ok,
             severity=dg.AssetCheckSeverity.ERROR,
             metadata=metadata.verify_metadata(result),
@@ -76,11 +70,8 @@ def build_verify_check(
 
 
 def build_schema_assets(
-    schemas: list[SchemaAsset], translator: SchemaAssetTranslator
+    specs: ProjectSpecs, resource_key: str
 ) -> tuple[list[dg.AssetsDefinition], list[dg.AssetChecksDefinition]]:
-    assets, checks = [], []
-    for env in translator.environments:
-        for schema in schemas:
-            assets.append(build_schema_asset(env, schema, translator))
-            checks.append(build_verify_check(env, schema, translator))
+    assets = [build_schema_asset(item, resource_key) for item in specs.items]
+    checks = [build_verify_check(item, resource_key) for item in specs.items]
     return assets, checks

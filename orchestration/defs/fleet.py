@@ -9,6 +9,7 @@ from pydantic import Field
 from orchestration import fleet
 from orchestration.defs import metadata
 from orchestration.defs.resource import MigrationResource
+from orchestration.defs.specs import Names
 from orchestration.settings import EnvironmentSettings
 
 
@@ -35,17 +36,20 @@ def batches(databases: list[str], targets_per_step: int) -> list[list[str]]:
     return [databases[i : i + size] for i in range(0, len(databases), size)]
 
 
-def build_fleet_job(env: EnvironmentSettings) -> dg.JobDefinition:
+def build_fleet_job(env: EnvironmentSettings, names: Names) -> dg.JobDefinition:
     name = env.name
+    resource_key = names.resource_key
 
     @dg.op(
-        name=f"fleet_targets_{name}",
+        name=names(f"fleet_targets_{name}"),
+        required_resource_keys={resource_key},
         out=dg.DynamicOut(dict),
         description=f"The databases of {name}'s fleet (migrate.toml), in batches.",
     )
     def fleet_targets(
-        context: dg.OpExecutionContext, config: FleetConfig, migrations: MigrationResource
+        context: dg.OpExecutionContext, config: FleetConfig
     ) -> Iterator[dg.DynamicOutput]:
+        migrations: MigrationResource = getattr(context.resources, resource_key)
         with metadata.clear_errors():
             databases = fleet.targets(migrations.project(), name)
         parts = batches(databases, config.targets_per_step)
@@ -57,16 +61,16 @@ def build_fleet_job(env: EnvironmentSettings) -> dg.JobDefinition:
             )
 
     @dg.op(
-        name=f"migrate_targets_{name}",
+        name=names(f"migrate_targets_{name}"),
+        required_resource_keys={resource_key},
         # Every target of this environment lives on its server: the pool bounds how many
         # steps work on it at once (`dagster instance concurrency set fleet_<env> N`).
         pool=f"fleet_{name}",
         description="Upgrade each fleet database of the batch to head and verify it, over a "
         "pool of worker processes; a failure is reported, not raised, so the others go on.",
     )
-    def migrate_targets(
-        context: dg.OpExecutionContext, batch: dict, migrations: MigrationResource
-    ) -> list:
+    def migrate_targets(context: dg.OpExecutionContext, batch: dict) -> list:
+        migrations: MigrationResource = getattr(context.resources, resource_key)
         outcomes = []
         for outcome in fleet.migrate_targets(
             migrations.project(),
@@ -84,7 +88,7 @@ def build_fleet_job(env: EnvironmentSettings) -> dg.JobDefinition:
         return outcomes
 
     @dg.op(
-        name=f"fleet_summary_{name}",
+        name=names(f"fleet_summary_{name}"),
         description="Targets done, up to date and failed; fails the run if any failed.",
     )
     def fleet_summary(context: dg.OpExecutionContext, results: list[list]) -> Iterator[Any]:
@@ -123,7 +127,7 @@ def build_fleet_job(env: EnvironmentSettings) -> dg.JobDefinition:
             )
 
     @dg.job(
-        name=f"fleet_{name}",
+        name=names(f"fleet_{name}"),
         description=f"Migrate every database of {name}'s fleet to head and verify it, in "
         "parallel processes; one failing target does not stop the others.",
         # Steps in the run's process by default: the pool in each step gives the

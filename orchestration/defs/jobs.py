@@ -16,8 +16,9 @@ from pydantic import Field
 
 from orchestration import engine, promotion
 from orchestration.defs import metadata
+from orchestration.defs.assets import pool
 from orchestration.defs.resource import MigrationResource
-from orchestration.defs.translator import SchemaAssetTranslator
+from orchestration.defs.specs import Names, ProjectSpecs
 
 # How the verify step judges where a schema stands.
 AS_PROMOTED = "as_promoted"  # head in the first environment, the promotion target after it
@@ -46,7 +47,7 @@ class RollbackConfig(dg.Config):
 
 
 def _report(
-    translator: SchemaAssetTranslator,
+    specs: ProjectSpecs,
     migrations: MigrationResource,
     environment: str,
     result: engine.RunResult,
@@ -70,13 +71,13 @@ def _report(
         meta["operation"] = dg.MetadataValue.text(
             "rollback" if result.operation == "downgrade" else "upgrade"
         )
-        yield event(asset_key=translator.get_asset_key(environment, schema), metadata=meta)
+        yield event(asset_key=specs.key(environment, schema), metadata=meta)
     if not result.ok:
         raise metadata.failure(environment, result)
 
 
 def check_evaluation(
-    translator: SchemaAssetTranslator, result: engine.VerifyResult, judged: str
+    specs: ProjectSpecs, result: engine.VerifyResult, judged: str
 ) -> dg.AssetCheckEvaluation:
     """The `verify` check as a job's verify step records it. After a rollback (or an upgrade
     to a chosen revision) the schema is checked where it stands, but the check never reads
@@ -94,7 +95,7 @@ def check_evaluation(
     elif errors:
         description = "; ".join(errors)
     return dg.AssetCheckEvaluation(
-        asset_key=translator.get_asset_key(result.environment, result.schema),
+        asset_key=specs.key(result.environment, result.schema),
         check_name="verify",
         passed=passed,
         severity=severity,
@@ -128,7 +129,7 @@ def _route(values: dict, environments: list[str]) -> dg.Output:
     return dg.Output(values, output_name=values["environment"])
 
 
-def _route_ops(environments: list[str]) -> tuple[dg.OpDefinition, dg.OpDefinition]:
+def _route_ops(environments: list[str], names: Names) -> tuple[dg.OpDefinition, dg.OpDefinition]:
     """The routing op of each job: config in, one output per environment, one emitted."""
     outs = {env: dg.Out(dict, is_required=False) for env in environments}
     description = (
@@ -136,11 +137,11 @@ def _route_ops(environments: list[str]) -> tuple[dg.OpDefinition, dg.OpDefinitio
         "the other environments' steps are skipped."
     )
 
-    @dg.op(name="route_upgrade", out=outs, description=description)
+    @dg.op(name=names("route_upgrade"), out=outs, description=description)
     def route_upgrade(config: MigrateConfig) -> Iterator[dg.Output]:
         yield _route(config.model_dump(), environments)
 
-    @dg.op(name="route_downgrade", out=outs, description=description)
+    @dg.op(name=names("route_downgrade"), out=outs, description=description)
     def route_downgrade(config: RollbackConfig) -> Iterator[dg.Output]:
         yield _route(config.model_dump(), environments)
 
@@ -154,19 +155,23 @@ def _mapping(config_class: type[dg.Config], route_name: str) -> dg.ConfigMapping
     )
 
 
-def build_jobs(translator: SchemaAssetTranslator) -> list[dg.JobDefinition]:
-    environments = [e.name for e in translator.environments]
+def build_jobs(
+    specs: ProjectSpecs, environments: list[str], names: Names
+) -> list[dg.JobDefinition]:
+    """The `migrate` and `rollback` jobs (names prefixed by ``names``; their nodes keep
+    today's names, so run config has the same shape for every prefix)."""
+    resource_key = names.resource_key
 
     def upgrade_op(env: str) -> dg.OpDefinition:
         @dg.op(
-            name=f"upgrade_{env}",
-            pool=translator.get_pool(env),
+            name=names(f"upgrade_{env}"),
+            pool=pool(env),
+            required_resource_keys={resource_key},
             description=f"Upgrade the selected schemas of {env} (default: all; to head in "
             "the first environment, else as far as promotion allows).",
         )
-        def upgrade(
-            context: dg.OpExecutionContext, target: dict, migrations: MigrationResource
-        ) -> Iterator[Any]:
+        def upgrade(context: dg.OpExecutionContext, target: dict) -> Iterator[Any]:
+            migrations: MigrationResource = getattr(context.resources, resource_key)
             schemas, to = target["schemas"] or None, target["to"]
             with metadata.clear_errors():
                 if to == "head":
@@ -174,7 +179,7 @@ def build_jobs(translator: SchemaAssetTranslator) -> list[dg.JobDefinition]:
                 else:
                     _check_explicit_target(migrations, env, to)
                     result, plans = migrations.upgrade(context, env, schemas, to), []
-            yield from _report(translator, migrations, env, result)
+            yield from _report(specs, migrations, env, result)
             yield dg.Output(
                 {
                     "environment": env,
@@ -193,19 +198,19 @@ def build_jobs(translator: SchemaAssetTranslator) -> list[dg.JobDefinition]:
 
     def downgrade_op(env: str) -> dg.OpDefinition:
         @dg.op(
-            name=f"downgrade_{env}",
-            pool=translator.get_pool(env),
+            name=names(f"downgrade_{env}"),
+            pool=pool(env),
+            required_resource_keys={resource_key},
             description=f"Revert revisions of one schema of {env}: to a revision, by -N, "
             "or to base.",
         )
-        def downgrade(
-            context: dg.OpExecutionContext, target: dict, migrations: MigrationResource
-        ) -> Iterator[Any]:
+        def downgrade(context: dg.OpExecutionContext, target: dict) -> Iterator[Any]:
+            migrations: MigrationResource = getattr(context.resources, resource_key)
             with metadata.clear_errors():  # a bad target, or data it would destroy
                 result = migrations.downgrade(
                     context, env, target["schema_name"], target["to"], target["allow_data_loss"]
                 )
-            yield from _report(translator, migrations, env, result)
+            yield from _report(specs, migrations, env, result)
             touched = sorted({r.schema_name for r in result.steps if r.schema_name})
             yield dg.Output(
                 {
@@ -220,14 +225,14 @@ def build_jobs(translator: SchemaAssetTranslator) -> list[dg.JobDefinition]:
 
     def verify_op(env: str) -> dg.OpDefinition:
         @dg.op(
-            name=f"verify_{env}",
-            pool=translator.get_pool(env),
+            name=names(f"verify_{env}"),
+            pool=pool(env),
+            required_resource_keys={resource_key},
             description=f"Verify the schemas of {env} the previous step touched; fails on "
             "any error.",
         )
-        def verify(
-            context: dg.OpExecutionContext, target: dict, migrations: MigrationResource
-        ) -> Iterator[Any]:
+        def verify(context: dg.OpExecutionContext, target: dict) -> Iterator[Any]:
+            migrations: MigrationResource = getattr(context.resources, resource_key)
             schemas = target["schemas"] or None
             with metadata.clear_errors():
                 if target["judged"] == AS_PROMOTED:
@@ -238,7 +243,7 @@ def build_jobs(translator: SchemaAssetTranslator) -> list[dg.JobDefinition]:
                 # Typed for materializations only, but Dagster records check evaluations
                 # from ops too (tests/test_dagster.py asserts the check execution exists).
                 context.log_event(
-                    check_evaluation(translator, result, target["judged"])  # type: ignore[arg-type]
+                    check_evaluation(specs, result, target["judged"])  # type: ignore[arg-type]
                 )
             failed = [r for r in results if not r.ok]
             if failed:
@@ -257,14 +262,14 @@ def build_jobs(translator: SchemaAssetTranslator) -> list[dg.JobDefinition]:
     verify_ops = {env: verify_op(env) for env in environments}
 
     def verify_graph(name: str) -> dg.GraphDefinition:
-        @dg.graph(name=name, ins={env: dg.GraphIn() for env in environments})
+        @dg.graph(name=names(name), ins={env: dg.GraphIn() for env in environments})
         def verify(**targets: Any) -> None:
             for env in environments:
                 verify_ops[env].alias(env)(targets[env])
 
         return verify
 
-    route_upgrade, route_downgrade = _route_ops(environments)
+    route_upgrade, route_downgrade = _route_ops(environments, names)
 
     def step_graph(
         name: str,
@@ -273,7 +278,7 @@ def build_jobs(translator: SchemaAssetTranslator) -> list[dg.JobDefinition]:
         make_op: Callable[[str], dg.OpDefinition],
     ) -> dg.GraphDefinition:
         @dg.graph(
-            name=name,
+            name=names(name),
             out={env: dg.GraphOut() for env in environments},
             config=_mapping(config_class, route.name),
         )
@@ -288,20 +293,26 @@ def build_jobs(translator: SchemaAssetTranslator) -> list[dg.JobDefinition]:
     verify = verify_graph("verify")
 
     @dg.job(
+        name=names("migrate"),
+        # Alembic is not thread-safe and each step is short: steps one after another in
+        # the run's process rather than a process start per step.
+        executor_def=dg.in_process_executor,
         description="Upgrade an environment (default dev, all schemas, to head; after the "
         "first environment as far as promotion allows), then verify. Its steps use the "
-        "environment's pool migrate_<env>."
+        "environment's pool migrate_<env>.",
     )
     def migrate() -> None:
-        done = upgrade()
-        verify(**{env: getattr(done, env) for env in environments})
+        done = upgrade.alias("upgrade")()
+        verify.alias("verify")(**{env: getattr(done, env) for env in environments})
 
     @dg.job(
+        name=names("rollback"),
+        executor_def=dg.in_process_executor,
         description="Downgrade one schema of an environment, then verify where it stands. "
-        "Its steps use the environment's pool migrate_<env>."
+        "Its steps use the environment's pool migrate_<env>.",
     )
     def rollback() -> None:
-        done = downgrade()
-        verify(**{env: getattr(done, env) for env in environments})
+        done = downgrade.alias("downgrade")()
+        verify.alias("verify")(**{env: getattr(done, env) for env in environments})
 
     return [migrate, rollback]

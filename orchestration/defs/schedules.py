@@ -12,9 +12,9 @@ ACTIVE = [
 ]
 
 
-def build_environment_sync(job: Any, cron: str) -> dg.ScheduleDefinition:
+def build_environment_sync(job: Any, cron: str, name: str) -> dg.ScheduleDefinition:
     @dg.schedule(
-        name="environment_sync",
+        name=name,
         cron_schedule=cron,
         target=job,
         default_status=dg.DefaultScheduleStatus.STOPPED,

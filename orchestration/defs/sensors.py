@@ -9,7 +9,7 @@ from pathlib import Path
 import dagster as dg
 
 from orchestration import scan
-from orchestration.defs.translator import SchemaAssetTranslator
+from orchestration.defs.specs import ProjectSpecs
 from orchestration.revisions import file_checksum
 from orchestration.settings import History, ProjectSettings
 
@@ -38,15 +38,18 @@ def changed_files(
 
 
 def build_revision_files_sensor(
-    settings: ProjectSettings, translator: SchemaAssetTranslator, environment: str
+    settings: ProjectSettings,
+    specs: ProjectSpecs,
+    environment: str,
+    name: str = "revision_files_sensor",
 ) -> dg.SensorDefinition:
     histories = settings.histories
     root = settings.root
-    keys = [translator.get_asset_key(environment, h.schema) for h in histories]
+    keys = {h.schema: specs.key(environment, h.schema) for h in histories}
 
     @dg.sensor(
-        name="revision_files_sensor",
-        target=dg.AssetSelection.assets(*keys),
+        name=name,
+        target=dg.AssetSelection.assets(*keys.values()),
         minimum_interval_seconds=30,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=(
@@ -79,7 +82,7 @@ def build_revision_files_sensor(
             dg.RunRequest(
                 run_key=f"{schema}:"
                 + ",".join(sorted(f"{f.revision}@{f.checksum[:16]}" for f in files)),
-                asset_selection=[translator.get_asset_key(environment, schema)],
+                asset_selection=[keys[schema]],
                 tags={
                     "migrate/trigger": "revision_files_sensor",
                     "migrate/revisions": ",".join(sorted(str(f.revision) for f in files)),

@@ -1,4 +1,10 @@
-"""One schema in one environment -> one asset. Every default is a method to override."""
+"""One schema in one environment -> one asset spec and its `verify` check spec.
+
+Like dagster-dbt's and dagster-sling's translators: `get_asset_spec(props)` is the one
+override point for the asset, `get_asset_check_spec(asset_spec, props)` the one for its
+check. Every selection (jobs, sensor targets, automation) is built from the specs they
+return, so a changed key (a prefix, a team's own naming) keeps jobs and sensors right.
+"""
 
 from __future__ import annotations
 
@@ -20,73 +26,101 @@ class SchemaAsset:
 
 
 @dataclass(frozen=True)
-class SchemaAssetTranslator:
-    """Turns (environment, schema) into an AssetSpec.
+class SchemaAssetProps:
+    """One schema in one environment of one project: what the translator translates."""
 
-    Override a method to change one default, e.g. a group per team::
+    environment: EnvironmentSettings
+    schema: SchemaAsset
+    # the environment before this one on the promotion path (None for the first)
+    previous_environment: str | None
+    # build_definitions(prefix=...): "" for this repository's own code location
+    prefix: str = ""
+
+    @property
+    def env(self) -> str:
+        return self.environment.name
+
+
+class SchemaAssetTranslator:
+    """Turns SchemaAssetProps into an AssetSpec and the spec of its `verify` check.
+
+    Override `get_asset_spec` and change what you need, e.g. a group per team::
 
         class MyTranslator(SchemaAssetTranslator):
-            def get_group_name(self, env, schema):
-                return "platform"
+            def get_asset_spec(self, props):
+                return super().get_asset_spec(props).replace_attributes(group_name="platform")
+
+    Dependencies on other schema assets are written with the default keys and re-pointed
+    to the keys your override returns, so a changed key needs no change to `deps`.
     """
 
-    environments: tuple[EnvironmentSettings, ...]
+    def get_asset_spec(self, props: SchemaAssetProps) -> dg.AssetSpec:
+        """contract: key [environment, schema] (after the prefix, if any); staging depends on
+        dev, prod on staging, and each on the schemas its revisions' depends_on names."""
+        return dg.AssetSpec(
+            key=default_asset_key(props),
+            deps=self._deps(props),
+            description=self._description(props),
+            group_name=f"{props.prefix}_{props.env}" if props.prefix else props.env,
+            kinds={"postgres", "alembic"},
+            automation_condition=self._automation_condition(props),
+            metadata={"environment": props.env, "schema": props.schema.schema},
+            tags={"environment": props.env},
+        )
 
-    def get_asset_key(self, env: str, schema: str) -> dg.AssetKey:
-        """contract: [environment, schema], e.g. dev/ecommerce."""
-        return dg.AssetKey([env, schema])
+    def get_asset_check_spec(
+        self, asset_spec: dg.AssetSpec, props: SchemaAssetProps
+    ) -> dg.AssetCheckSpec:
+        """contract: named `verify` and blocking (keep both when you override this)."""
+        return dg.AssetCheckSpec(
+            "verify",
+            asset=asset_spec.key,
+            blocking=True,
+            description=(
+                f"{props.schema.schema} in {props.env} is where promotion takes it (the first "
+                "environment: head; the others: the revision the environment before is at and "
+                "verified), every applied revision file is unchanged since it was applied, "
+                "the live catalog matches the snapshot taken when it was migrated (no drift, "
+                "no INVALID index), and revision verify() hooks pass. Blocking: a failure "
+                "stops the environments after this one in the same run."
+            ),
+        )
 
-    def previous_environment(self, env: str) -> str | None:
-        names = [e.name for e in self.environments]
-        index = names.index(env)
-        return names[index - 1] if index > 0 else None
-
-    def get_deps(self, env: str, schema: SchemaAsset) -> list[dg.AssetKey]:
-        """The promotion path (staging <- dev) and depends_on between schemas."""
-        deps = [self.get_asset_key(env, upstream) for upstream in sorted(schema.depends_on_schemas)]
-        previous = self.previous_environment(env)
-        if previous is not None:
-            deps.insert(0, self.get_asset_key(previous, schema.schema))
+    def _deps(self, props: SchemaAssetProps) -> list[dg.AssetKey]:
+        deps = [
+            default_asset_key(props, schema=upstream)
+            for upstream in sorted(props.schema.depends_on_schemas)
+        ]
+        if props.previous_environment is not None:
+            deps.insert(0, default_asset_key(props, env=props.previous_environment))
         return deps
 
-    def get_description(self, env: str, schema: SchemaAsset) -> str:
+    def _description(self, props: SchemaAssetProps) -> str:
+        schema = props.schema
         steps = "\n".join(
             f"- `{r.revision}` {r.message or ''}" for r in schema.revisions if r.revision
         )
         return (
-            f"PostgreSQL schema `{schema.schema}` in the `{env}` database, built by "
+            f"PostgreSQL schema `{schema.schema}` in the `{props.env}` database, built by "
             f"{len(schema.revisions)} Alembic revision(s) in migrations/versions/"
             f"{schema.schema}/. Materializing upgrades it to head; the `verify` check "
             f"gates what comes after it.\n\n{steps}"
         )
 
-    def get_group_name(self, env: str, schema: str) -> str:
-        return env
-
-    def get_pool(self, env: str) -> str:
-        """One migration at a time per target database (the engine's lock stays behind it)."""
-        return f"migrate_{env}"
-
-    def get_kinds(self) -> set[str]:
-        return {"postgres", "alembic"}
-
-    def get_automation_condition(self, env: EnvironmentSettings) -> dg.AutomationCondition | None:
+    def _automation_condition(self, props: SchemaAssetProps) -> dg.AutomationCondition | None:
         """promote = "auto": follow the previous environment once its verify passed."""
-        if env.promote != "auto" or self.previous_environment(env.name) is None:
+        if props.environment.promote != "auto" or props.previous_environment is None:
             return None
         return (
             dg.AutomationCondition.eager()
             & dg.AutomationCondition.all_deps_blocking_checks_passed()
         )
 
-    def get_asset_spec(self, env: EnvironmentSettings, schema: SchemaAsset) -> dg.AssetSpec:
-        return dg.AssetSpec(
-            key=self.get_asset_key(env.name, schema.schema),
-            deps=self.get_deps(env.name, schema),
-            description=self.get_description(env.name, schema),
-            group_name=self.get_group_name(env.name, schema.schema),
-            kinds=self.get_kinds(),
-            automation_condition=self.get_automation_condition(env),
-            metadata={"environment": env.name, "schema": schema.schema},
-            tags={"environment": env.name},
-        )
+
+def default_asset_key(
+    props: SchemaAssetProps, *, env: str | None = None, schema: str | None = None
+) -> dg.AssetKey:
+    """[prefix,] environment, schema: of props, or of another environment or schema of the
+    same project."""
+    path = [env or props.env, schema or props.schema.schema]
+    return dg.AssetKey([props.prefix, *path] if props.prefix else path)

@@ -1,0 +1,181 @@
+"""The Dagster integration as another project adds it: imported with no I/O, two Alembic
+projects in one code location next to a team's own definitions, materialized for real."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from conftest import ECOMMERCE_HEAD, REPO, Databases, Workspace, simple_revision
+
+from orchestration.definitions import build_definitions
+
+CRM_TOML = """
+[environments.dev]
+url_env = "CRM_DEV_DATABASE_URL"
+promote = "auto"
+
+[environments.staging]
+url_env = "CRM_STAGING_DATABASE_URL"
+promote = "auto"
+
+[environments.prod]
+url_env = "CRM_PROD_DATABASE_URL"
+"""
+
+
+@pytest.fixture
+def crm(tmp_path: Path, databases: Databases, monkeypatch: pytest.MonkeyPatch) -> Workspace:
+    """A second Alembic project (a copy of this repository's migrations) on databases of its
+    own, named by variables of its own."""
+    root = tmp_path / "crm"
+    root.mkdir()
+    shutil.copy(REPO / "alembic.ini", root / "alembic.ini")
+    (root / "migrate.toml").write_text(CRM_TOML)
+    shutil.copytree(
+        REPO / "migrations", root / "migrations", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    urls = {env: databases.create(f"crm_{env}") for env in ("dev", "staging", "prod")}
+    for env, url in urls.items():
+        monkeypatch.setenv(f"CRM_{env.upper()}_DATABASE_URL", url.render_as_string(False))
+    return Workspace(root, urls)
+
+
+class Warehouse(dg.ConfigurableResource):
+    name: str = "warehouse"
+
+
+def team_definitions() -> dg.Definitions:
+    """A team's own code location: an asset, a resource, and an executor of its own."""
+
+    @dg.asset
+    def orders_report(warehouse: Warehouse) -> None:
+        pass
+
+    return dg.Definitions(
+        assets=[orders_report],
+        resources={"warehouse": Warehouse()},
+        executor=dg.multiprocess_executor.configured({"max_concurrent": 2}),
+    )
+
+
+def test_importing_the_integration_reads_nothing(tmp_path: Path):
+    """From a directory with no alembic.ini: the import must not look for one."""
+    env = {k: v for k, v in os.environ.items() if k != "ALEMBIC_CONFIG"}
+    done = subprocess.run(
+        [sys.executable, "-c", "import orchestration.definitions, orchestration.defs.specs"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_two_projects_and_a_teams_definitions_merge_and_load(workspace: Workspace, crm: Workspace):
+    ours = build_definitions(str(workspace.ini))
+    theirs = build_definitions(str(crm.ini), prefix="crm")
+    merged = dg.Definitions.merge(team_definitions(), ours, theirs)
+    dg.Definitions.validate_loadable(merged)
+
+    assert ours.executor is None and theirs.executor is None
+    # the team's executor is the code location's; each migration job keeps its own
+    assert merged.executor is not None and merged.executor.name == "multiprocess"
+    for job in ("migrate", "crm_migrate", "promote", "crm_promote", "crm_environment_sync"):
+        assert merged.resolve_job_def(job).executor_def.name == "in_process", job
+    fleet = merged.resolve_job_def("crm_fleet_dev").executor_def
+    assert fleet.name == "multi_or_in_process_executor"
+    assert set(merged.resources or {}) == {"warehouse", "migrations", "crm_migrations"}
+    assert {s.name for s in merged.sensors or []} == {
+        "revision_files_sensor",
+        "promotion_automation",
+        "crm_revision_files_sensor",
+        "crm_promotion_automation",
+    }
+    assert {s.name for s in merged.schedules or []} == {"environment_sync", "crm_environment_sync"}
+
+    graph = merged.resolve_asset_graph()
+    keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
+    # prefix="" keeps the contract keys; the prefix goes in front of them
+    assert {"dev/ecommerce", "crm/dev/ecommerce", "crm/prod/analytics", "orders_report"} <= keys
+    assert {
+        p.to_user_string()
+        for p in graph.get(dg.AssetKey(["crm", "staging", "analytics"])).parent_keys
+    } == {
+        "crm/dev/analytics",
+        "crm/staging/ecommerce",
+    }
+    assert dg.AssetCheckKey(dg.AssetKey(["crm", "prod", "ecommerce"]), "verify") in (
+        graph.asset_check_keys
+    )
+    # the prefixed project's sensor asks for its own first environment's assets
+    sensor = next(s for s in merged.sensors or [] if s.name == "crm_revision_files_sensor")
+    with dg.instance_for_test() as instance:
+        context = dg.build_sensor_context(instance=instance, definitions=merged)
+        assert isinstance(sensor(context), dg.SkipReason)  # first tick: cursor only
+        crm.add_revision(
+            "ecommerce",
+            "2024_03_02_0900-crm000000001_add.py",
+            simple_revision("crm000000001", ECOMMERCE_HEAD, "leads"),
+        )
+        context = dg.build_sensor_context(
+            instance=instance, definitions=merged, cursor=context.cursor
+        )
+        result = sensor(context)
+    assert isinstance(result, dg.SensorResult)
+    assert [r.asset_selection for r in result.run_requests or []] == [
+        [dg.AssetKey(["crm", "dev", "ecommerce"])]
+    ]
+
+
+def test_a_prefixed_projects_schema_asset_materializes_against_its_database(
+    workspace: Workspace, crm: Workspace
+):
+    merged = dg.Definitions.merge(
+        team_definitions(),
+        build_definitions(str(workspace.ini)),
+        build_definitions(str(crm.ini), prefix="crm"),
+    )
+    key = dg.AssetKey(["crm", "dev", "ecommerce"])
+    with dg.instance_for_test() as instance:
+        result = merged.resolve_implicit_global_asset_job_def().execute_in_process(
+            instance=instance, asset_selection=[key]
+        )
+        assert result.success
+        checks = result.get_asset_check_evaluations()
+        assert [(c.asset_key, c.check_name, c.passed) for c in checks] == [(key, "verify", True)]
+        event = instance.get_latest_materialization_event(key)
+        assert event is not None
+        assert event.asset_materialization.metadata["current_revision"].value == ECOMMERCE_HEAD
+
+    assert crm.version_heads("dev") == {ECOMMERCE_HEAD}
+    assert {r.run_id for r in crm.audit("dev")} == {result.run_id}
+    # the other project's databases, and the crm project's later environments, untouched
+    assert workspace.version_heads("dev") == set() and workspace.audit("dev") == []
+    assert crm.version_heads("staging") == set()
+
+
+def test_a_prefixed_projects_migrate_job_runs_with_the_same_run_config(
+    workspace: Workspace, crm: Workspace
+):
+    defs = build_definitions(str(crm.ini), prefix="crm")
+    with dg.instance_for_test() as instance:
+        result = defs.resolve_job_def("crm_migrate").execute_in_process(
+            instance=instance,
+            run_config={"ops": {"upgrade": {"config": {"schemas": ["ecommerce"]}}}},
+        )
+    assert result.success
+    assert crm.version_heads("dev") == {ECOMMERCE_HEAD}
+    materialized = {e.asset_key for e in result.get_asset_materialization_events()}
+    assert materialized == {dg.AssetKey(["crm", "dev", "ecommerce"])}
+
+
+def test_a_prefix_that_is_not_a_name_is_refused(workspace: Workspace):
+    with pytest.raises(ValueError, match="prefix"):
+        build_definitions(str(workspace.ini), prefix="my-team")
