@@ -7,9 +7,10 @@ daemon open their storage: `migrate ui` does that, then runs `dagster dev`.
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 from pathlib import Path
+
+import yaml
 
 from orchestration import targets
 from orchestration.errors import ConfigurationError
@@ -66,7 +67,11 @@ def prepare_dagster_home(settings: ProjectSettings, home: Path | None = None) ->
     home.mkdir(mode=0o700, parents=True, exist_ok=True)
     if stat.S_IMODE(home.stat().st_mode) != 0o700:
         home.chmod(0o700)
-    source = settings.root / "dagster.yaml"
-    if source.is_file() and source.resolve() != (home / "dagster.yaml").resolve():
-        shutil.copyfile(source, home / "dagster.yaml")
+    # The project's dagster.yaml has no storage (plain `dagster dev` in the project then uses
+    # a temporary instance): here it gets PostgreSQL storage, unless it names its own.
+    source, target = settings.root / "dagster.yaml", home / "dagster.yaml"
+    if source.is_file() and source.resolve() != target.resolve():
+        config = yaml.safe_load(source.read_text()) or {}
+        config = {"storage": {"postgres": {"postgres_url": {"env": STORAGE_ENV}}}, **config}
+        target.write_text(yaml.safe_dump(config, sort_keys=False))
     return home.resolve()

@@ -3,16 +3,30 @@ projects in one code location next to a team's own definitions, materialized for
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import dagster as dg
 import pytest
-from conftest import ECOMMERCE_HEAD, REPO, Databases, Workspace, simple_revision
+from conftest import (
+    ECOMMERCE_HEAD,
+    ENV_URL_VARS,
+    REPO,
+    Databases,
+    Workspace,
+    _free_port,
+    _start,
+    _stop,
+    simple_revision,
+)
 
+from orchestration import launcher
 from orchestration.definitions import build_definitions
 
 CRM_TOML = """
@@ -179,3 +193,95 @@ def test_a_prefixed_projects_migrate_job_runs_with_the_same_run_config(
 def test_a_prefix_that_is_not_a_name_is_refused(workspace: Workspace):
     with pytest.raises(ValueError, match="prefix"):
         build_definitions(str(workspace.ini), prefix="my-team")
+
+
+# --- plain dagster commands in the project folder, with no variable set ------------------
+
+UNSET = (
+    *ENV_URL_VARS,
+    "DAGSTER_HOME",
+    launcher.STORAGE_ENV,
+    "ALEMBIC_CONFIG",
+)
+
+
+def _bare_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in UNSET}
+
+
+def test_dagster_definitions_validate_needs_no_variable(workspace: Workspace):
+    done = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "dagster"),
+            "definitions",
+            "validate",
+            "-w",
+            "workspace.yaml",
+        ],
+        cwd=workspace.root,
+        env=_bare_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert "Validation successful for code location orchestration.definitions" in done.stdout
+    assert "Using temporary directory" in done.stdout
+
+
+def test_dagster_dev_serves_the_code_location_with_no_variable(workspace: Workspace, tmp_path):
+    port = _free_port()
+    log = tmp_path / "dev.log"
+    dev = _start(
+        ["dagster", "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
+        _bare_env(),
+        workspace.root,
+        log,
+    )
+    query = json.dumps(
+        {
+            "query": "{ workspaceOrError { ... on Workspace { locationEntries { name "
+            "locationOrLoadError { __typename } } } } }"
+        }
+    ).encode()
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                request = urllib.request.Request(
+                    f"http://127.0.0.1:{port}/graphql",
+                    data=query,
+                    headers={"Content-Type": "application/json"},
+                )
+                with urllib.request.urlopen(request, timeout=5) as response:
+                    entries = json.load(response)["data"]["workspaceOrError"]["locationEntries"]
+                loaded = [e["locationOrLoadError"] for e in entries]
+                if loaded and all(x is not None for x in loaded):
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline or dev.poll() is not None:
+                pytest.fail(log.read_text()[-3000:])
+            time.sleep(1)
+        assert [(e["name"], e["locationOrLoadError"]["__typename"]) for e in entries] == [
+            ("orchestration.definitions", "RepositoryLocation")
+        ]
+    finally:
+        _stop(dev)
+    assert "DAGSTER_POSTGRES_URL" not in log.read_text()
+
+
+def test_the_project_instance_file_needs_no_variable_and_migrate_ui_adds_postgres(
+    workspace: Workspace, tmp_path: Path
+):
+    from dagster._core.instance.config import dagster_instance_config
+
+    config, _ = dagster_instance_config(str(REPO), "dagster.yaml")  # raises when invalid
+    assert "storage" not in config
+    assert config["concurrency"]["pools"]["default_limit"] == 1
+
+    home = launcher.prepare_dagster_home(workspace.project().settings, tmp_path / "home")
+    prepared, _ = dagster_instance_config(str(home), "dagster.yaml")
+    assert prepared["storage"] == {"postgres": {"postgres_url": {"env": launcher.STORAGE_ENV}}}
+    assert {k: v for k, v in prepared.items() if k != "storage"} == config
