@@ -309,3 +309,35 @@ def target_finding(p: Promotion) -> engine.VerifyFinding | None:
             severity="warning",
         )
     return None
+
+
+def verify(
+    project: MigrationProject,
+    environment: str,
+    schemas: list[str] | None = None,
+    *,
+    run_id: str | None = None,
+) -> list[engine.VerifyResult]:
+    """verify, expecting head in the first environment and the promotion target in the
+    others: a staging that stopped where dev verified is not failing because a newer file
+    exists. The CLI and Dagster's check both verify through here."""
+    if project.settings.environment_names[0] == environment:
+        return engine.verify(project, environment, schemas, run_id=run_id)
+    plans = plan(project, environment, schemas)
+    results = []
+    # Behind its target, a schema is behind its head too: verify then expects head, so that
+    # its audit row records the failure; at or past the target, it does not.
+    for behind in (True, False):
+        selected = [p.schema for p in plans if p.behind_target == behind]
+        if selected:
+            results += engine.verify(
+                project, environment, selected, expect_head=behind, run_id=run_id
+            )
+    by_schema = {p.schema: p for p in plans}
+    for result in results:
+        finding = target_finding(by_schema[result.schema])
+        if finding is not None:  # says what is expected: the target, not the head
+            result.findings[:] = [f for f in result.findings if f.check != "at_head"]
+            result.findings.append(finding)
+    order = [p.schema for p in plans]
+    return sorted(results, key=lambda r: order.index(r.schema))

@@ -601,3 +601,35 @@ def test_every_command_twice_in_every_state_answers_without_a_crash(
         assert (
             code == 1 and "a4ead0000001 is applied in the database but its file is missing" in out
         )
+
+
+def test_upgrade_after_the_first_environment_goes_as_far_as_the_one_before_verified(
+    workspace: Workspace, capsys
+):
+    assert run(capsys, "upgrade", "--schema", "ecommerce")[0] == 0
+    assert run(capsys, "verify", "--schema", "ecommerce")[0] == 0
+    workspace.add_revision(
+        "ecommerce",
+        "2024_06_01_0900-e1e000000001_newer.py",
+        simple_revision("e1e000000001", ECOMMERCE_HEAD, "newer"),
+    )
+    assert run(capsys, "upgrade", "--schema", "ecommerce")[0] == 0  # dev: not verified yet
+
+    code, out, _ = run(capsys, "upgrade", "--env", "staging", "--schema", "ecommerce")
+
+    assert code == 0, out
+    assert "staging/ecommerce" in out and ECOMMERCE_HEAD in out
+    assert workspace.version_heads("staging") == {ECOMMERCE_HEAD}  # not e1e000000001
+    code, out, _ = run(capsys, "verify", "--env", "staging", "--schema", "ecommerce")
+    assert code == 0, out  # where promotion stops is where staging should be
+    # Twice: nothing more to do until dev verifies the newer revision.
+    assert run(capsys, "upgrade", "--env", "staging", "--schema", "ecommerce")[0] == 0
+    assert workspace.version_heads("staging") == {ECOMMERCE_HEAD}
+
+    assert run(capsys, "verify", "--schema", "ecommerce")[0] == 0
+    assert run(capsys, "upgrade", "--env", "staging", "--schema", "ecommerce")[0] == 0
+    assert workspace.version_heads("staging") == {"e1e000000001"}
+
+    # An explicit --to is the operator's own call.
+    assert run(capsys, "upgrade", "--env", "prod", "--to", "e1e000000001")[0] == 0
+    assert "e1e000000001" in workspace.version_heads("prod")
