@@ -44,6 +44,32 @@ class History:
     schema: str
 
 
+LINT_SEVERITIES = ("error", "warning", "off")
+
+
+@dataclass(frozen=True)
+class LintRules:
+    """One level of migrate.toml's [lint]: a default severity (None: the level above
+    decides) and squawk rule name -> "error" | "warning" | "off"."""
+
+    default: str | None = None
+    rules: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class LintSettings:
+    """migrate.toml's [lint] (every environment) and [lint.environments.<name>]."""
+
+    base: LintRules = LintRules(default="error")
+    environments: tuple[tuple[str, LintRules], ...] = ()
+
+    def for_environment(self, name: str) -> LintRules:
+        for env_name, rules in self.environments:
+            if env_name == name:
+                return rules
+        return LintRules()
+
+
 @dataclass(frozen=True)
 class ProjectSettings:
     """Everything an entry point needs to know about the migration project."""
@@ -53,6 +79,7 @@ class ProjectSettings:
     audit_schema: str = "public"
     lock_wait_timeout_seconds: float = 60.0
     histories: tuple[History, ...] = ()
+    lint: LintSettings = LintSettings()
 
     def schema_of(self, path: str | os.PathLike[str]) -> str:
         """The schema a revision file belongs to, from the folder it is in."""
@@ -184,6 +211,7 @@ _SECTIONS = {
     "lock": {"wait_timeout_seconds"},
     "environments": set(),
     "schemas": set(),
+    "lint": set(),  # squawk rule names: checked by _lint
 }
 _ENVIRONMENT_KEYS = {"url_env", "lock_timeout", "statement_timeout", "promote", "fleet"}
 _FLEET_KEYS = {"databases", "query"}
@@ -322,7 +350,55 @@ def settings_from_dict(ini: Path, data: dict, *, source: str = "migrate.toml") -
         audit_schema=audit_schema,
         lock_wait_timeout_seconds=float(lock_wait),
         histories=histories(ini, mapping, source),
+        lint=_lint(data, source, environments),
     )
+
+
+# --- [lint]: squawk rules per environment ---------------------------------------------------
+
+_LINT_RULE = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)+$")
+
+
+def _lint_rules(table: dict, where: str, nested: tuple[str, ...] = ()) -> LintRules:
+    default, rules = None, []
+    for key, value in table.items():
+        if key in nested:
+            continue
+        if not isinstance(value, str) or value not in LINT_SEVERITIES:
+            raise ConfigurationError(
+                f'{where} {key}: must be "error", "warning" or "off", got {value!r}'
+            )
+        if key == "default":
+            default = value
+        elif _LINT_RULE.match(key):
+            rules.append((key, value))
+        else:
+            raise ConfigurationError(
+                f"{where}: {key!r} is not a squawk rule name (e.g. "
+                "require-concurrent-index-creation) nor default"
+            )
+    return LintRules(default, tuple(rules))
+
+
+def _lint(data: dict, source: str, environments: tuple[EnvironmentSettings, ...]) -> LintSettings:
+    """[lint]: default and rule = severity for every environment; [lint.environments.<env>]:
+    the same for one environment. Which names squawk knows is checked when lint runs."""
+    where = f"{source} [lint]"
+    table = _table_of(data, "lint", where)
+    base = _lint_rules(table, where, nested=("environments",))
+    known = [env.name for env in environments]
+    per_environment = []
+    for name, values in _table_of(table, "environments", f"{source} [lint.environments]").items():
+        env_where = f"{source} [lint.environments.{name}]"
+        if name not in known:
+            raise ConfigurationError(
+                f"{env_where}: no environment {name!r} in [environments] (known: "
+                f"{', '.join(known)})"
+            )
+        if not isinstance(values, dict):
+            raise ConfigurationError(f"{env_where} must be a table")
+        per_environment.append((name, _lint_rules(values, env_where)))
+    return LintSettings(LintRules(base.default or "error", base.rules), tuple(per_environment))
 
 
 # --- histories: which folder of revisions manages which schema ------------------------------
