@@ -171,8 +171,20 @@ def cmd_status(project: MigrationProject, args: argparse.Namespace) -> int:
 def cmd_plan(project: MigrationProject, args: argparse.Namespace) -> int:
     _target.prefix = "-- "
     plans = engine.plan(project, args.env, args.schema)
+    linted = _plan_lint(project, args.env, plans)
     if args.json:
-        _print_json({"environment": args.env, "schemas": [p.to_dict() for p in plans]})
+        schemas = [p.to_dict() for p in plans]
+        for schema in schemas:
+            schema["lint"] = (
+                linted
+                if isinstance(linted, str)
+                else [
+                    {"revision": r.revision, **f.to_dict()}
+                    for r, f in linted.findings()
+                    if r.schema == schema["schema"]
+                ]
+            )
+        _print_json({"environment": args.env, "schemas": schemas})
         return EXIT_OK
     for p in plans:
         if not p.steps:
@@ -180,7 +192,71 @@ def cmd_plan(project: MigrationProject, args: argparse.Namespace) -> int:
             continue
         print(f"-- {args.env} {p.schema}: {len(p.steps)} revision(s) pending")
         print(p.sql)
+        _print_plan_lint(p.schema, linted, args.env)
     return EXIT_OK
+
+
+def _plan_lint(project: MigrationProject, env: str, plans: Sequence[Any]) -> Any:
+    """Lint of plan's pending revisions, or the line saying why there is none (no squawk:
+    one which() call, nothing rendered)."""
+    from orchestration import lint
+
+    if lint.find_squawk() is None:
+        return f"lint: squawk is not installed (pip install {lint.SQUAWK_PACKAGE}): not linted"
+    return lint.lint_revisions(project, env, [r for p in plans for r in p.steps])
+
+
+def _print_plan_lint(schema: str, linted: Any, env: str) -> None:
+    if isinstance(linted, str):
+        print(f"-- {linted}\n")
+        return
+    found = [(r, f) for r, f in linted.findings() if r.schema == schema]
+    counts = {s: sum(f.severity == s for _, f in found) for s in ("error", "warning", "ignored")}
+    summary = ", ".join(f"{n} {s}(s)" for s, n in counts.items()) if found else "clean"
+    print(f"-- lint {schema} (squawk {linted.squawk_version}, {env} rules): {summary}")
+    for revision, f in found:
+        what = f.reason if f.severity == "ignored" else f.excerpt or f.statement
+        print(f"--   {f.severity:<7} {revision.revision} {f.rule}: {' '.join(what.split())}")
+    print()
+
+
+def cmd_lint(project: MigrationProject, args: argparse.Namespace) -> int:
+    """squawk over each pending revision's offline SQL (every revision with --all)."""
+    from orchestration import lint
+
+    result = lint.lint(project, args.env, args.schema, all_revisions=args.all)
+    code = EXIT_OK if result.ok else EXIT_FAILED
+    if args.json:
+        _print_json(result.to_dict())
+        return code
+    what = "every revision" if args.all else "pending revisions"
+    print(f"lint {args.env}: {what} (squawk {result.squawk_version}, {args.env} rules)")
+    if not result.revisions:
+        print(f"{args.env}: nothing pending to lint (--all lints every revision)")
+        return code
+    root = project.settings.root
+    for linted in result.revisions:
+        r = linted.revision
+        path = os.path.relpath(r.path, root) if r.path.is_relative_to(root) else str(r.path)
+        print(f"{r.schema} {r.revision} {path}: {'clean' if not linted.findings else ''}".rstrip())
+        for f in linted.findings:
+            if f.severity == "ignored":
+                print(f"  ignored  {f.rule}: {f.reason}")
+                continue
+            print(f"  {f.severity:<8} {f.rule}: {f.message}")
+            if f.help:
+                print(f"           help: {f.help}")
+            lines = f.statement.splitlines() or [""]
+            first = lines[0]
+            print(f"           statement: {first}{' ...' if len(lines) > 1 else ''}")
+            if f.excerpt and f.excerpt != first:
+                print(f"           line {f.line}: {f.excerpt}")
+    counts = result.counts()
+    print(
+        f"{args.env}: {counts['error']} error(s), {counts['warning']} warning(s), "
+        f"{counts['ignored']} ignored in {len(result.revisions)} revision(s)"
+    )
+    return code
 
 
 def _report_run(result: engine.RunResult, args: argparse.Namespace) -> int:
@@ -457,6 +533,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("status", cmd_status, "current revision, head and pending revisions per schema")
     add("plan", cmd_plan, "print the SQL that upgrade would run; changes nothing")
+    lint_parser = add(
+        "lint",
+        cmd_lint,
+        "run squawk over the offline SQL of each pending revision, with migrate.toml's "
+        "[lint] rules for the environment; exit 1 on a finding at error level",
+    )
+    lint_parser.add_argument(
+        "--all", action="store_true", help="every revision, not only pending ones (no database)"
+    )
     up = add("upgrade", cmd_upgrade, "apply pending revisions (one transaction each)")
     up.add_argument("--to", default="head", help="head (default) or a revision id to upgrade to")
     down = add("downgrade", cmd_downgrade, "revert revisions of a schema (needs --schema)")

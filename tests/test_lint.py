@@ -1,0 +1,312 @@
+"""`migrate lint` (and lint in `migrate plan`): the real squawk binary over each revision's
+offline SQL, against a real PostgreSQL for what is pending."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import ECOMMERCE_HEAD, Workspace, revision_file
+
+from orchestration import lint
+from orchestration.cli import main
+
+pytestmark = pytest.mark.skipif(
+    lint.find_squawk() is None, reason="squawk-cli is not installed (pip install -e .)"
+)
+
+EXAMPLES = 7  # revisions in migrations/versions
+
+# A revision per hazard, each on top of the example ecommerce head: (id, upgrade, rule, SQL).
+INDEX = (
+    "aaa000000001",
+    '    op.create_index("ix_orders_status", "orders", ["order_status"], schema="ecommerce")',
+    "require-concurrent-index-creation",
+    "CREATE INDEX ix_orders_status ON ecommerce.orders (order_status)",
+)
+TYPE_CHANGE = (
+    "aaa000000002",
+    '    op.alter_column("customers", "customer_city", type_=sa.Text(), schema="ecommerce")',
+    "changing-column-type",
+    "ALTER TABLE ecommerce.customers ALTER COLUMN customer_city TYPE TEXT",
+)
+NOT_NULL = (
+    "aaa000000003",
+    '    op.add_column("orders", sa.Column("channel", sa.Text(), nullable=False), '
+    'schema="ecommerce")',
+    "adding-required-field",
+    "ALTER TABLE ecommerce.orders ADD COLUMN channel TEXT NOT NULL",
+)
+CLEAN = (
+    "aaa000000004",
+    '    op.add_column("orders", sa.Column("note", sa.Text(), nullable=True), schema="ecommerce")',
+)
+
+
+def run(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def run_json(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, dict]:
+    code, out, _ = run(capsys, *args, "--json")
+    return code, json.loads(out)
+
+
+def add(
+    workspace: Workspace,
+    revision: str,
+    upgrade: str,
+    down: str = ECOMMERCE_HEAD,
+    header: str = "",
+) -> str:
+    body = revision_file(revision, down, upgrade)
+    if header:
+        body = body.replace("depends_on = None\n", f"depends_on = None\n{header}\n")
+    workspace.add_revision("ecommerce", f"2024_03_01_0900-{revision}_lint.py", body)
+    return revision
+
+
+def findings(data: dict) -> list[dict]:
+    return [{"revision": r["revision"], **f} for r in data["revisions"] for f in r["findings"]]
+
+
+def edit_toml(workspace: Workspace, old: str, new: str) -> None:
+    path = workspace.root / "migrate.toml"
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new, 1))
+
+
+@pytest.mark.parametrize("case", [INDEX, TYPE_CHANGE, NOT_NULL], ids=lambda c: c[2])
+def test_each_hazard_trips_its_squawk_rule(workspace: Workspace, capsys, case):
+    revision, upgrade, rule, sql = case
+    add(workspace, revision, upgrade)
+
+    code, out, err = run(capsys, "lint", "--env", "prod")
+    assert code == 1, out + err
+    assert f"ecommerce {revision} migrations/versions/ecommerce/2024_03_01_0900-{revision}" in out
+    assert f"error    {rule}:" in out
+    assert f"statement: {sql}" in out
+
+    code, data = run_json(capsys, "lint", "--env", "prod")
+    assert code == 1 and data["ok"] is False and data["counts"]["error"] >= 1
+    # Pending in a fresh database: the examples too, clean; then the new one.
+    assert len(data["revisions"]) == EXAMPLES + 1
+    found = findings(data)
+    assert {f["revision"] for f in found} == {revision}
+    assert rule in {f["rule"] for f in found}
+    hit = next(f for f in found if f["rule"] == rule)
+    assert hit["severity"] == "error" and hit["statement"].startswith(sql)
+    entry = next(r for r in data["revisions"] if r["revision"] == revision)
+    assert hit["message"] and entry["path"].endswith(f"{revision}_lint.py")
+    assert entry["schema"] == "ecommerce"
+    assert hit["help"] is None or f"help: {hit['help']}" in out  # squawk has none for some
+    # The pipeline sets both timeouts on every step: squawk's timeout rules are not reported.
+    assert not {"require-lock-timeout", "require-statement-timeout"} & {f["rule"] for f in found}
+
+
+def test_a_clean_revision_exits_0(workspace: Workspace, capsys):
+    add(workspace, *CLEAN)
+    code, out, _ = run(capsys, "lint", "--env", "prod")
+    assert code == 0
+    assert f"ecommerce {CLEAN[0]} migrations/versions/ecommerce/" in out and ": clean" in out
+    assert "prod: 0 error(s), 0 warning(s), 0 ignored in 8 revision(s)" in out
+    code, data = run_json(capsys, "lint", "--env", "prod")
+    assert code == 0 and data["ok"] is True and findings(data) == []
+    assert CLEAN[0] in [r["revision"] for r in data["revisions"]]
+
+
+def test_severity_follows_the_environment(workspace: Workspace, capsys):
+    """Shipped: every finding is an error from staging on, a warning in dev."""
+    add(workspace, *INDEX[:2])
+    code, data = run_json(capsys, "lint", "--env", "prod")
+    assert code == 1 and [f["severity"] for f in findings(data)] == ["error"]
+    code, data = run_json(capsys, "lint", "--env", "dev")
+    assert code == 0 and data["ok"] is True
+    assert [(f["rule"], f["severity"]) for f in findings(data)] == [(INDEX[2], "warning")]
+    code, out, _ = run(capsys, "lint", "--env", "dev")
+    assert code == 0 and f"warning  {INDEX[2]}:" in out
+
+    # A rule named for one environment: off in staging, an error in dev (beats dev's default).
+    with (workspace.root / "migrate.toml").open("a") as toml:
+        toml.write(
+            f'\n[lint.environments.staging]\n"{INDEX[2]}" = "off"\n'
+            f'\n[lint.environments.prod]\n"{INDEX[2]}" = "warning"\n'
+        )
+    edit_toml(workspace, 'default = "warning"\n', f'default = "warning"\n"{INDEX[2]}" = "error"\n')
+    code, data = run_json(capsys, "lint", "--env", "staging")
+    assert code == 0 and findings(data) == []
+    code, data = run_json(capsys, "lint", "--env", "prod")
+    assert code == 0 and [f["severity"] for f in findings(data)] == ["warning"]
+    code, data = run_json(capsys, "lint", "--env", "dev")
+    assert code == 1 and [f["severity"] for f in findings(data)] == ["error"]
+
+
+def test_a_revision_silences_a_rule_with_a_reason(workspace: Workspace, capsys):
+    reason = "orders has 10 rows in every environment"
+    add(
+        workspace,
+        *INDEX[:2],
+        header=f'squawk_ignore = {{"{INDEX[2]}": "{reason}"}}',
+    )
+    code, data = run_json(capsys, "lint", "--env", "prod")
+    assert code == 0 and data["ok"] is True
+    [hit] = findings(data)
+    assert hit["rule"] == INDEX[2] and hit["severity"] == "ignored" and hit["reason"] == reason
+    assert data["counts"] == {"error": 0, "warning": 0, "ignored": 1}
+    code, out, _ = run(capsys, "lint", "--env", "prod")
+    assert code == 0 and f"ignored  {INDEX[2]}: {reason}" in out
+
+    # Silencing one rule leaves the others: the type change still fails.
+    add(
+        workspace,
+        TYPE_CHANGE[0],
+        TYPE_CHANGE[1],
+        down=INDEX[0],
+        header=f'squawk_ignore = {{"{INDEX[2]}": "not this one"}}',
+    )
+    code, data = run_json(capsys, "lint", "--env", "prod")
+    assert code == 1
+    assert {(f["revision"], f["severity"]) for f in findings(data)} == {
+        (INDEX[0], "ignored"),
+        (TYPE_CHANGE[0], "error"),
+    }
+
+
+@pytest.mark.parametrize(
+    "header, why",
+    [
+        ('squawk_ignore = {"require-concurrent-index-creation": ""}', "must be a literal dict"),
+        ('squawk_ignore = {"require-concurent-index-creation": "typo"}', "has no rule"),
+    ],
+)
+def test_a_bad_ignore_is_one_line_exit_2(workspace: Workspace, capsys, header, why):
+    add(workspace, *INDEX[:2], header=header)
+    code, out, err = run(capsys, "lint", "--env", "prod")
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and why in err and INDEX[0] in err
+
+
+def test_pending_only_unless_all(workspace: Workspace, capsys):
+    add(workspace, *INDEX[:2])
+    assert run(capsys, "upgrade", "--env", "dev")[0] == 0  # applies the index revision in dev
+    add(workspace, TYPE_CHANGE[0], TYPE_CHANGE[1], down=INDEX[0])
+
+    code, data = run_json(capsys, "lint", "--env", "dev")
+    assert [r["revision"] for r in data["revisions"]] == [TYPE_CHANGE[0]]
+    assert {f["rule"] for f in findings(data)} == {TYPE_CHANGE[2]}
+
+    code, data = run_json(capsys, "lint", "--env", "dev", "--all")
+    assert data["all"] is True and len(data["revisions"]) == EXAMPLES + 2
+    assert {(f["revision"], f["rule"]) for f in findings(data)} == {
+        (INDEX[0], INDEX[2]),
+        (TYPE_CHANGE[0], TYPE_CHANGE[2]),
+    }
+    # Nothing pending in prod's fresh database but the whole history; --schema narrows.
+    code, data = run_json(capsys, "lint", "--env", "prod", "--schema", "analytics")
+    assert code == 0 and {r["schema"] for r in data["revisions"]} == {"analytics"}
+
+    assert run(capsys, "upgrade", "--env", "dev")[0] == 0
+    code, out, _ = run(capsys, "lint", "--env", "dev")
+    assert code == 0 and "dev: nothing pending to lint" in out
+
+
+def test_the_shipped_examples_lint_clean(workspace: Workspace, capsys):
+    for env in ("dev", "staging", "prod"):
+        code, data = run_json(capsys, "lint", "--env", env, "--all")
+        assert code == 0 and data["counts"] == {"error": 0, "warning": 0, "ignored": 0}, env
+        assert len(data["revisions"]) == EXAMPLES
+    code, out, _ = run(capsys, "lint", "--env", "prod")  # pending: all 7 in a fresh database
+    assert code == 0 and out.count(": clean") == EXAMPLES
+
+
+def test_the_shipped_configuration_is_what_keeps_them_clean(workspace: Workspace, capsys):
+    """The rules migrate.toml turns off do fire on the examples (the configuration, not the
+    revision files, makes them clean), and never on Alembic's own statements: its version
+    table is VARCHAR(32) and its BEGIN/COMMIT wrap an autocommit block."""
+    edit_toml(workspace, 'prefer-text-field = "off"', 'prefer-text-field = "error"')
+    code, data = run_json(capsys, "lint", "--env", "prod", "--all")
+    assert code == 1
+    hits = findings(data)
+    assert {f["rule"] for f in hits} == {"prefer-text-field"}
+    assert "7afdd87a5e29" not in {f["revision"] for f in hits}  # its only table: alembic_version
+    assert all("alembic_version" not in f["statement"] for f in hits)
+    assert any(f["statement"].startswith("CREATE TABLE ecommerce.customers") for f in hits)
+
+
+def test_alembic_transactions_are_linted_not_reported(workspace: Workspace, capsys):
+    """An index built CONCURRENTLY inside the revision's transaction fails at run time:
+    squawk sees Alembic's BEGIN and says so; inside an autocommit block it is clean."""
+    add(
+        workspace,
+        "aaa000000005",
+        '    op.create_index("ix_a", "orders", ["order_status"], schema="ecommerce", '
+        "postgresql_concurrently=True, if_not_exists=True)",
+    )
+    code, data = run_json(capsys, "lint", "--env", "prod")
+    assert code == 1
+    assert {f["rule"] for f in findings(data)} == {"ban-concurrent-index-creation-in-transaction"}
+    edit = workspace.versions / "ecommerce" / "2024_03_01_0900-aaa000000005_lint.py"
+    edit.write_text(
+        edit.read_text().replace(
+            "    op.create_index(",
+            "    with op.get_context().autocommit_block():\n        op.create_index(",
+        )
+    )
+    code, data = run_json(capsys, "lint", "--env", "prod")
+    assert code == 0 and findings(data) == []
+
+
+def test_timeout_rules_are_reported_where_the_pipeline_sets_no_timeout(
+    workspace: Workspace, capsys
+):
+    add(workspace, *INDEX[:2])
+    edit_toml(workspace, 'lock_timeout = "3s"', 'lock_timeout = "0"')  # prod's
+    code, data = run_json(capsys, "lint", "--env", "prod")
+    assert code == 1
+    rules = {f["rule"] for f in findings(data)}
+    assert "require-lock-timeout" in rules and "require-statement-timeout" not in rules
+
+
+def test_plan_shows_findings_as_sql_comments(workspace: Workspace, capsys):
+    add(workspace, *INDEX[:2])
+    code, out, _ = run(capsys, "plan", "--env", "prod", "--schema", "ecommerce")
+    assert code == 0
+    section = out[out.index("-- lint ecommerce") :].strip().splitlines()
+    assert section[0].startswith("-- lint ecommerce (squawk ") and "1 error(s)" in section[0]
+    assert section[1].startswith(f"--   error   {INDEX[0]} {INDEX[2]}: CREATE INDEX")
+    assert all(line.startswith("--") for line in section)
+    code, data = run_json(capsys, "plan", "--env", "prod", "--schema", "ecommerce")
+    [schema] = data["schemas"]
+    assert [(f["revision"], f["rule"]) for f in schema["lint"]] == [(INDEX[0], INDEX[2])]
+
+
+def test_without_squawk_lint_is_one_line_exit_2_and_plan_goes_on(
+    workspace: Workspace, capsys, monkeypatch
+):
+    monkeypatch.setattr(lint, "find_squawk", lambda: None)
+    code, out, err = run(capsys, "lint", "--env", "prod")
+    assert code == 2 and out == ""
+    assert (
+        err == f"migrate: error: squawk is not installed: pip install {lint.SQUAWK_PACKAGE} "
+        "(lint runs the squawk binary that package carries)\n"
+    )
+    code, out, _ = run(capsys, "plan", "--env", "prod", "--schema", "ecommerce")
+    assert code == 0 and "CREATE TABLE ecommerce.customers" in out
+    assert out.count("-- lint: squawk is not installed") == 1
+
+
+@pytest.mark.parametrize(
+    "old, new, why",
+    [
+        ('default = "error"', 'default = "fatal"', '[lint] default: must be "error"'),
+        ('prefer-text-field = "off"', 'prefer-text-feld = "off"', "has no rule 'prefer-text-feld'"),
+        ("[lint.environments.dev]", "[lint.environments.qa]", "no environment 'qa'"),
+    ],
+)
+def test_bad_lint_configuration_is_one_line_exit_2(workspace: Workspace, capsys, old, new, why):
+    edit_toml(workspace, old, new)
+    code, out, err = run(capsys, "lint", "--env", "prod", "--all")
+    assert code == 2 and out == "" and err.count("\n") == 1 and why in err, err
