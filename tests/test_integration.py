@@ -28,6 +28,7 @@ from conftest import (
 
 from orchestration import launcher
 from orchestration.definitions import build_definitions
+from orchestration.defs.translator import SchemaAssetProps, SchemaAssetTranslator
 
 CRM_TOML = """
 [environments.dev]
@@ -285,3 +286,86 @@ def test_the_project_instance_file_needs_no_variable_and_migrate_ui_adds_postgre
     prepared, _ = dagster_instance_config(str(home), "dagster.yaml")
     assert prepared["storage"] == {"postgres": {"postgres_url": {"env": launcher.STORAGE_ENV}}}
     assert {k: v for k, v in prepared.items() if k != "storage"} == config
+
+
+# --- the translator: one get_asset_spec, every selection built from its specs -------------
+
+
+class TeamTranslator(SchemaAssetTranslator):
+    """A team's naming: keys under "db", prod spelled "production", a group of its own."""
+
+    def get_asset_spec(self, props: SchemaAssetProps) -> dg.AssetSpec:
+        spec = super().get_asset_spec(props)
+        path = ["production" if p == "prod" else p for p in spec.key.path]
+        return spec.replace_attributes(key=dg.AssetKey(["db", *path]), group_name="platform")
+
+    def get_asset_check_spec(
+        self, asset_spec: dg.AssetSpec, props: SchemaAssetProps
+    ) -> dg.AssetCheckSpec:
+        spec = super().get_asset_check_spec(asset_spec, props)
+        return spec.with_metadata({"owner": "platform"})
+
+
+def test_a_translator_that_changes_keys_keeps_deps_jobs_and_sensors_right(
+    workspace: Workspace,
+):
+    defs = build_definitions(str(workspace.ini), translator=TeamTranslator())
+    dg.Definitions.validate_loadable(defs)
+    graph = defs.resolve_asset_graph()
+    parents = {
+        k.to_user_string(): {p.to_user_string() for p in graph.get(k).parent_keys}
+        for k in graph.get_all_asset_keys()
+    }
+    assert parents == {
+        "db/dev/ecommerce": set(),
+        "db/dev/analytics": {"db/dev/ecommerce"},
+        "db/staging/ecommerce": {"db/dev/ecommerce"},
+        "db/staging/analytics": {"db/dev/analytics", "db/staging/ecommerce"},
+        "db/production/ecommerce": {"db/staging/ecommerce"},
+        "db/production/analytics": {"db/staging/analytics", "db/production/ecommerce"},
+    }
+    assert {graph.get(k).group_name for k in graph.get_all_asset_keys()} == {"platform"}
+    checks = {c.to_user_string() for c in graph.asset_check_keys}
+    assert checks == {f"{k}:verify" for k in parents}
+    assert all(graph.get_check_spec(c).blocking for c in graph.asset_check_keys)
+    assert graph.get_check_spec(
+        dg.AssetCheckKey(dg.AssetKey(["db", "dev", "ecommerce"]), "verify")
+    ).metadata == {"owner": "platform"}
+
+    # job selections: promote carries every asset, environment_sync the promote=auto ones
+    # and every check
+    def selected(job: str) -> set[str]:
+        nodes = defs.resolve_job_def(job).asset_layer.asset_graph
+        return {k.to_user_string() for k in nodes.executable_asset_keys}
+
+    assert selected("promote") == set(parents)
+    assert selected("environment_sync") == {k for k in parents if "production" not in k}
+
+    # the sensor asks for the team's key of the first environment
+    sensor = defs.resolve_sensor_def("revision_files_sensor")
+    with dg.instance_for_test() as instance:
+        context = dg.build_sensor_context(instance=instance, definitions=defs)
+        sensor(context)
+        workspace.add_revision(
+            "ecommerce",
+            "2024_03_02_0900-team00000001_add.py",
+            simple_revision("team00000001", ECOMMERCE_HEAD, "leads"),
+        )
+        result = sensor(
+            dg.build_sensor_context(instance=instance, definitions=defs, cursor=context.cursor)
+        )
+        assert isinstance(result, dg.SensorResult)
+        assert [r.asset_selection for r in result.run_requests or []] == [
+            [dg.AssetKey(["db", "dev", "ecommerce"])]
+        ]
+
+        # the migrate job's steps show on the team's keys, its verify on their checks
+        run = defs.resolve_job_def("migrate").execute_in_process(instance=instance)
+        assert run.success
+        materialized = {
+            e.asset_key.to_user_string() for e in run.get_asset_materialization_events()
+        }
+        assert materialized == {"db/dev/ecommerce", "db/dev/analytics"}
+        key = dg.AssetCheckKey(dg.AssetKey(["db", "dev", "analytics"]), "verify")
+        latest = instance.event_log_storage.get_latest_asset_check_execution_by_key([key])
+        assert latest[key].run_id == run.run_id

@@ -94,9 +94,10 @@ def check_evaluation(
         )
     elif errors:
         description = "; ".join(errors)
+    check = specs.item(result.environment, result.schema).check
     return dg.AssetCheckEvaluation(
-        asset_key=specs.key(result.environment, result.schema),
-        check_name="verify",
+        asset_key=check.asset_key,
+        check_name=check.name,
         passed=passed,
         severity=severity,
         metadata=metadata.verify_metadata(result),

@@ -54,11 +54,14 @@ class ProjectSpecs:
 
     items: tuple[SchemaAssetSpec, ...]
 
-    def key(self, env: str, schema: str) -> dg.AssetKey:
+    def item(self, env: str, schema: str) -> SchemaAssetSpec:
         for item in self.items:
             if item.props.env == env and item.props.schema.schema == schema:
-                return item.asset.key
+                return item
         raise KeyError(f"no asset for {env}/{schema}")
+
+    def key(self, env: str, schema: str) -> dg.AssetKey:
+        return self.item(env, schema).asset.key
 
     def keys(self, envs: Sequence[str] | None = None) -> list[dg.AssetKey]:
         return [i.asset.key for i in self.items if envs is None or i.props.env in envs]
