@@ -226,6 +226,8 @@ def cmd_lint(project: MigrationProject, args: argparse.Namespace) -> int:
 
     result = lint.lint(project, args.env, args.schema, all_revisions=args.all)
     code = EXIT_OK if result.ok else EXIT_FAILED
+    for warning in result.warnings:
+        print(f"migrate: warning: {warning}", file=sys.stderr)
     if args.json:
         _print_json(result.to_dict())
         return code

@@ -416,13 +416,18 @@ def lint_revisions(
         by_file.setdefault(Path(str(item.get("file", ""))).name, []).append(item)
     for revision, pieces, path in zip(revisions, rendered, files, strict=True):
         own = ignores[revision.path]
-        result.revisions.append(
-            RevisionLint(
-                revision,
-                "".join(p.text for p in pieces),
-                _findings(by_file.get(path.name, []), pieces, rules, own),
-            )
-        )
+        found = _findings(by_file.get(path.name, []), pieces, rules, own)
+        result.revisions.append(RevisionLint(revision, "".join(p.text for p in pieces), found))
+        silenced = {f.rule for f in found if f.severity == "ignored"}
+        for rule in own:
+            reported_as = canonical(rule)
+            if not silenced & set(reported_as) and any(
+                rules.severity(n) != "off" for n in reported_as
+            ):
+                result.warnings.append(
+                    f"{revision.path.name}: {IGNORE_VARIABLE} silences {rule}, which this "
+                    "revision does not trip: remove it"
+                )
     return result
 
 

@@ -173,6 +173,13 @@ def test_a_revision_silences_a_rule_with_a_reason(workspace: Workspace, capsys):
         (INDEX[0], "ignored"),
         (TYPE_CHANGE[0], "error"),
     }
+    # ... and that silence, which its revision does not need, is pointed out.
+    assert data["warnings"] == [
+        f"2024_03_01_0900-{TYPE_CHANGE[0]}_lint.py: squawk_ignore silences {INDEX[2]}, "
+        "which this revision does not trip: remove it"
+    ]
+    code, _, err = run(capsys, "lint", "--env", "prod")
+    assert code == 1 and f"migrate: warning: 2024_03_01_0900-{TYPE_CHANGE[0]}" in err
 
 
 @pytest.mark.parametrize(
