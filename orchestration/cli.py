@@ -21,7 +21,7 @@ from typing import IO, Any, NoReturn
 
 from sqlalchemy.engine import URL
 
-from orchestration import audit, embedded, engine, launcher, targets, urls
+from orchestration import audit, embedded, engine, launcher, promotion, targets, urls
 from orchestration.errors import ConfigurationError, MigrationError
 from orchestration.revisions import MigrationProject
 from orchestration.settings import ProjectSettings, load_settings
@@ -298,14 +298,26 @@ def _check_to(project: MigrationProject, to: str, *, downgrade: bool) -> None:
 
 
 def cmd_upgrade(project: MigrationProject, args: argparse.Namespace) -> int:
-    _check_to(project, args.to, downgrade=False)
-    header = f"upgrading {args.env} ({', '.join(args.schema or project.schemas)}) to {args.to}"
-    result = engine.upgrade(
+    if args.to is not None:  # the operator's own target
+        _check_to(project, args.to, downgrade=False)
+        header = f"upgrading {args.env} ({', '.join(args.schema or project.schemas)}) to {args.to}"
+        result = engine.upgrade(
+            project,
+            args.env,
+            schemas=args.schema,
+            to=args.to,
+            on_step=None if args.json else _progress_printer(header),
+        )
+        return _report_run(result, args)
+    # Head in the first environment; after it, what the environment before verified.
+    header = f"upgrading {args.env} ({', '.join(args.schema or project.schemas)})"
+    first = args.env == project.settings.environment_names[0]
+    result, _ = promotion.upgrade(
         project,
         args.env,
-        schemas=args.schema,
-        to=args.to,
+        args.schema,
         on_step=None if args.json else _progress_printer(header),
+        on_plan=None if args.json or first else (lambda p: print(p.reason, flush=True)),
     )
     return _report_run(result, args)
 
@@ -325,7 +337,7 @@ def cmd_downgrade(project: MigrationProject, args: argparse.Namespace) -> int:
 
 
 def cmd_verify(project: MigrationProject, args: argparse.Namespace) -> int:
-    results = engine.verify(project, args.env, args.schema)
+    results = promotion.verify(project, args.env, args.schema)
     ok = all(r.ok for r in results)
     if args.json:
         _print_json({"environment": args.env, "ok": ok, "schemas": [r.to_dict() for r in results]})
@@ -545,7 +557,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--all", action="store_true", help="every revision, not only pending ones (no database)"
     )
     up = add("upgrade", cmd_upgrade, "apply pending revisions (one transaction each)")
-    up.add_argument("--to", default="head", help="head (default) or a revision id to upgrade to")
+    up.add_argument(
+        "--to",
+        help="head or a revision id to upgrade to (default: head in the first environment; "
+        "after it, the revision the environment before is at and verified)",
+    )
     down = add("downgrade", cmd_downgrade, "revert revisions of a schema (needs --schema)")
     down.add_argument(
         "--to", required=True, help="revision id to go back to, -N for N steps, or base"
