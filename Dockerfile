@@ -18,7 +18,7 @@ RUN pip install .
 COPY alembic.ini migrate.toml workspace.yaml ./
 COPY migrations ./migrations
 COPY deploy/workspace.docker.yaml ./deploy/workspace.docker.yaml
-COPY dagster.yaml ${DAGSTER_HOME}/dagster.yaml
+COPY deploy/dagster.instance.yaml ${DAGSTER_HOME}/dagster.yaml
 
 EXPOSE 3000 4000
 CMD ["dagster", "code-server", "start", "-h", "0.0.0.0", "-p", "4000", "-m", "orchestration.definitions"]

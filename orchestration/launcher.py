@@ -71,7 +71,13 @@ def prepare_dagster_home(settings: ProjectSettings, home: Path | None = None) ->
     # a temporary instance): here it gets PostgreSQL storage, unless it names its own.
     source, target = settings.root / "dagster.yaml", home / "dagster.yaml"
     if source.is_file() and source.resolve() != target.resolve():
-        config = yaml.safe_load(source.read_text()) or {}
-        config = {"storage": {"postgres": {"postgres_url": {"env": STORAGE_ENV}}}, **config}
-        target.write_text(yaml.safe_dump(config, sort_keys=False))
+        target.write_text(yaml.safe_dump(instance_config(source), sort_keys=False))
     return home.resolve()
+
+
+def instance_config(source: Path) -> dict:
+    """The project's dagster.yaml with PostgreSQL storage from $DAGSTER_POSTGRES_URL,
+    unless it names a storage of its own (deploy/dagster.instance.yaml is this, for the
+    Docker image)."""
+    config = yaml.safe_load(source.read_text()) or {}
+    return {"storage": {"postgres": {"postgres_url": {"env": STORAGE_ENV}}}, **config}

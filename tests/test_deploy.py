@@ -80,9 +80,15 @@ def test_env_example_defines_every_variable_compose_interpolates():
 def test_the_instance_files_are_valid_for_dagster(tmp_path):
     from dagster._core.instance.config import dagster_instance_config
 
-    config, _ = dagster_instance_config(str(REPO), "dagster.yaml")  # raises when invalid
+    dagster_instance_config(str(REPO), "dagster.yaml")  # raises when invalid
+    # The image's instance: the project's settings with PostgreSQL storage, kept equal to
+    # what `migrate ui` writes into DAGSTER_HOME.
+    image = yaml.safe_load((REPO / "deploy/dagster.instance.yaml").read_text())
+    assert image == launcher.instance_config(REPO / "dagster.yaml")
+    config, _ = dagster_instance_config(str(REPO / "deploy"), "dagster.instance.yaml")
     assert config["storage"]["postgres"]["postgres_url"] == {"env": launcher.STORAGE_ENV}
     assert config["concurrency"]["pools"]["default_limit"] == 1
+    assert "dagster.instance.yaml ${DAGSTER_HOME}/dagster.yaml" in (REPO / "Dockerfile").read_text()
     k8s = yaml.safe_load((REPO / "deploy/dagster.k8s.yaml").read_text())
     assert k8s["storage"] == config["storage"]
     assert k8s["run_launcher"]["class"] == "K8sRunLauncher"
