@@ -260,7 +260,7 @@ DAGSTER_JOB = r"""
 import dagster as dg
 from orchestration.definitions import defs
 with dg.DagsterInstance.ephemeral() as instance:
-    result = defs.resolve_job_def("migrate").execute_in_process(instance=instance)
+    result = defs().resolve_job_def("migrate").execute_in_process(instance=instance)
 assert result.success
 """
 
@@ -305,15 +305,16 @@ def sensor_ticks(work: Path, files: int, times: int) -> tuple[Sample, Sample, bo
     """(quiet tick, tick with one new file, no revision module imported)."""
     import dagster as dg
 
+    from orchestration.definitions import discover_schemas
     from orchestration.defs.sensors import build_revision_files_sensor
+    from orchestration.defs.specs import build_specs
     from orchestration.defs.translator import SchemaAssetTranslator
     from orchestration.settings import load_settings
 
     ini = make_project(work / f"sensor{files}", files, vanilla=False)
     settings = load_settings(ini)
-    sensor = build_revision_files_sensor(
-        settings, SchemaAssetTranslator(settings.environments), "dev"
-    )
+    specs = build_specs(settings.environments, discover_schemas(settings), SchemaAssetTranslator())
+    sensor = build_revision_files_sensor(settings, specs, "dev")
     versions = ini.parent / "migrations" / "versions" / "bench"
     with dg.instance_for_test() as instance:
 
