@@ -26,15 +26,15 @@ from orchestration import sqltext
 # Tables (plain and partitioned) outside the system schemas, with their columns and the
 # rows this transaction deleted from them so far.
 _STATE = """
-SELECT c.oid::bigint, n.nspname, c.relname, c.relfilenode::bigint,
-       COALESCE(x.n_tup_del, 0)::bigint,
+SELECT c.oid::bigint, n.nspname, c.relname, c.relkind::text, c.relfilenode::bigint,
+       COALESCE(x.n_tup_del, 0)::bigint, COALESCE(x.n_tup_upd, 0)::bigint,
        COALESCE((SELECT json_agg(json_build_array(a.attnum, a.attname,
                                                   format_type(a.atttypid, a.atttypmod)))
                    FROM pg_attribute a
                   WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped), '[]')
   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
   LEFT JOIN pg_stat_xact_user_tables x ON x.relid = c.oid
- WHERE c.relkind IN ('r', 'p') AND n.nspname <> 'information_schema'
+ WHERE c.relkind IN ('r', 'p', 'm') AND n.nspname <> 'information_schema'
    AND n.nspname NOT LIKE 'pg\\_%'
 """
 # The project's own bookkeeping changes on every downgrade by design.
@@ -58,8 +58,10 @@ class AtRisk:
 class _Table:
     schema: str
     name: str
+    kind: str  # r table, p partitioned table (its rows are its partitions'), m materialized view
     filenode: int
     deleted: int
+    updated: int
     columns: dict[int, tuple[str, str]]  # attnum -> (name, type)
 
     @property
@@ -72,11 +74,11 @@ class _Removal:
     """Something a step removed, to be counted once the rehearsal is rolled back."""
 
     revision: str
-    kind: str  # table, column, type, deleted, emptied
+    kind: str  # table, column, type, deleted, updated, rewritten
     table: _Table
     column: str | None = None
     detail: str = ""
-    rows: int | None = None  # known in the rehearsal (deleted, rows left after emptying)
+    rows: int | None = None  # known in the rehearsal (rows deleted or updated)
 
 
 class Rehearsal:
@@ -131,6 +133,8 @@ class Rehearsal:
             self.removals += self._compare(self._revision, table, after.get(oid))
 
     def _compare(self, revision: str, table: _Table, now: _Table | None) -> list[_Removal]:
+        if table.kind == "p":
+            return []  # its rows live in its partitions, each watched on its own
         if now is None:
             return [_Removal(revision, "table", table)]
         found = []
@@ -144,8 +148,12 @@ class Rehearsal:
                 found.append(_Removal(revision, "type", table, column, detail))
         if now.deleted > table.deleted:
             found.append(_Removal(revision, "deleted", table, rows=now.deleted - table.deleted))
-        if now.filenode != table.filenode and not retyped:  # TRUNCATE, or a rewrite
-            found.append(_Removal(revision, "emptied", table, rows=self._count(table)))
+        if now.updated > table.updated:  # values overwritten: the old ones are gone
+            found.append(_Removal(revision, "updated", table, rows=now.updated - table.updated))
+        if now.filenode != table.filenode and not retyped and table.kind != "m":
+            # TRUNCATE, or a rewrite that may have changed any value (ALTER ... USING, a
+            # TRUNCATE and refill): every row the table holds now is at stake
+            found.append(_Removal(revision, "rewritten", table))
         return found
 
     def _state(self) -> dict[int, _Table]:
@@ -153,17 +161,17 @@ class Rehearsal:
         try:
             cursor.execute(_STATE)
             return {
-                oid: _Table(schema, name, filenode, deleted, {a: (n, t) for a, n, t in columns})
-                for oid, schema, name, filenode, deleted, columns in cursor.fetchall()
+                oid: _Table(
+                    schema,
+                    name,
+                    kind,
+                    filenode,
+                    deleted,
+                    updated,
+                    {a: (n, t) for a, n, t in columns},
+                )
+                for oid, schema, name, kind, filenode, deleted, updated, columns in cursor
             }
-        finally:
-            cursor.close()
-
-    def _count(self, table: _Table) -> int:
-        cursor = self._dbapi.cursor()
-        try:
-            cursor.execute(f"SELECT count(*) FROM {_quoted(table.schema, table.name)}")
-            return int(cursor.fetchone()[0])
         finally:
             cursor.close()
 
@@ -174,7 +182,8 @@ class Rehearsal:
             where = _quoted(r.table.schema, r.table.name)
             if r.kind == "table":
                 rows = _count(conn, f"SELECT count(*) FROM {where}")
-                what = f"table {r.table.qualified}"
+                noun = "materialized view" if r.table.kind == "m" else "table"
+                what = f"{noun} {r.table.qualified}"
             elif r.kind in ("column", "type"):
                 rows = _count(conn, f"SELECT count({_quoted(r.column or '')}) FROM {where}")
                 what = f"column {r.table.qualified}.{r.column}"
@@ -182,10 +191,11 @@ class Rehearsal:
                     what += f" (type {r.detail} rewrites its values)"
             elif r.kind == "deleted":
                 rows, what = r.rows or 0, f"rows deleted from table {r.table.qualified}"
+            elif r.kind == "updated":
+                rows, what = r.rows or 0, f"rows overwritten in table {r.table.qualified}"
             else:
-                before = _count(conn, f"SELECT count(*) FROM {where}")
-                rows = max(before - (r.rows or 0), 0)
-                what = f"table {r.table.qualified} (emptied: TRUNCATE or rewrite)"
+                rows = _count(conn, f"SELECT count(*) FROM {where}")
+                what = f"table {r.table.qualified} (rewritten or emptied: TRUNCATE, USING)"
             if rows:
                 found.append(AtRisk(r.revision, what, rows))
         for revision, statement in self.unrehearsed:

@@ -14,10 +14,14 @@ _TRANSACTION_CONTROL = re.compile(
     r"SAVEPOINT|RELEASE|SET\s+TRANSACTION|SET\s+SESSION\s+CHARACTERISTICS)\b",
     re.IGNORECASE,
 )
-# Statements that may remove rows when they cannot be rehearsed in a transaction.
-_DESTRUCTIVE = re.compile(
-    r"^(DROP\s+(TABLE|SCHEMA|MATERIALIZED\s+VIEW|OWNED)|TRUNCATE|DELETE|"
-    r"ALTER\s+TABLE\b.*\b(DROP|TYPE)\b)",
+# What may run outside a transaction (in an autocommit block, where no rehearsal can
+# follow it) without touching rows: index builds and drops, enum values, maintenance.
+# Anything else there is taken as possibly destructive: an allowlist, not a list of
+# dangers, because a DO block, a CTE or a function call can hide any of them.
+_HARMLESS_OUTSIDE = re.compile(
+    r"^(CREATE\s+(UNIQUE\s+)?INDEX|DROP\s+INDEX|REINDEX|ALTER\s+INDEX|"
+    r"ALTER\s+TYPE\s+\S+\s+(ADD|RENAME)\s+VALUE|VACUUM|ANALYZE|COMMENT\s+ON|"
+    r"SET\s|RESET\s|SELECT\s+1$)",
     re.IGNORECASE | re.DOTALL,
 )
 _DOLLAR_TAG = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)?\$")
@@ -47,8 +51,13 @@ def statements(sql: str) -> list[str]:
             current.append(" ")
             continue
         if ch in "'\"":
+            # E'...' strings take backslash escapes (E'\'' is one quote, not the end)
+            escapes = ch == "'" and i > 0 and sql[i - 1] in "eE" and not _word(sql, i - 2)
             end = i + 1
             while end < n:
+                if escapes and sql[end] == "\\":
+                    end += 2
+                    continue
                 if sql[end] == ch:
                     if end + 1 < n and sql[end + 1] == ch:  # doubled quote
                         end += 2
@@ -58,7 +67,7 @@ def statements(sql: str) -> list[str]:
             current.append(sql[i : end + 1])
             i = end + 1
             continue
-        if ch == "$":
+        if ch == "$" and not _word(sql, i - 1):  # x$q$ is an identifier, not a tag
             tag = _DOLLAR_TAG.match(sql, i)
             if tag:
                 end = sql.find(tag.group(0), tag.end())
@@ -77,6 +86,11 @@ def statements(sql: str) -> list[str]:
     return [s for s in found if s]
 
 
+def _word(sql: str, at: int) -> bool:
+    """Whether ``sql[at]`` continues an identifier (so what follows is part of it)."""
+    return at >= 0 and (sql[at].isalnum() or sql[at] in "_$")
+
+
 def transaction_control(sql: str) -> str | None:
     """The first statement of ``sql`` that would end or change the running transaction."""
     for statement in statements(sql):
@@ -86,5 +100,6 @@ def transaction_control(sql: str) -> str | None:
 
 
 def destructive(sql: str) -> list[str]:
-    """Statements that may remove rows (for SQL that cannot be rehearsed)."""
-    return [s for s in statements(sql) if _DESTRUCTIVE.match(s)]
+    """Statements that may remove rows, for SQL that cannot be rehearsed: all but those
+    known to leave rows alone."""
+    return [s for s in statements(sql) if not _HARMLESS_OUTSIDE.match(s)]

@@ -93,8 +93,44 @@ def _nothing_changed(workspace: Workspace, rows_before: int) -> None:
             "INSERT INTO side.kept VALUES (1)",
             "table side.kept (1 row(s)",
         ),
+        (
+            "UPDATE ecommerce.keep_a SET note = NULL",
+            "INSERT INTO ecommerce.keep_a (id, note) VALUES (1, 'a'), (2, 'b')",
+            "rows overwritten in table ecommerce.keep_a (2 row(s)",
+        ),
+        # the same type: the file node changes, the row count does not, the values do
+        (
+            "ALTER TABLE ecommerce.keep_a ALTER COLUMN note TYPE text USING NULL",
+            "INSERT INTO ecommerce.keep_a (id, note) VALUES (1, 'a'), (2, 'b')",
+            "table ecommerce.keep_a (rewritten or emptied: TRUNCATE, USING) (2 row(s)",
+        ),
+        # emptied and refilled from a copy that drops a column's values
+        (
+            "CREATE TEMP TABLE keep AS SELECT id FROM ecommerce.keep_a\n"
+            "TRUNCATE ecommerce.keep_a\n"
+            "INSERT INTO ecommerce.keep_a (id) SELECT id FROM keep",
+            "INSERT INTO ecommerce.keep_a (id, note) VALUES (1, 'a'), (2, 'b')",
+            "table ecommerce.keep_a (rewritten or emptied: TRUNCATE, USING) (2 row(s)",
+        ),
+        (
+            "DROP MATERIALIZED VIEW side.summary",
+            "INSERT INTO side.kept VALUES (1)",
+            "materialized view side.summary (1 row(s)",
+        ),
     ],
-    ids=["list", "columns", "search_path", "truncate", "delete", "type", "drop_schema_cascade"],
+    ids=[
+        "list",
+        "columns",
+        "search_path",
+        "truncate",
+        "delete",
+        "type",
+        "drop_schema_cascade",
+        "update",
+        "same_type_using",
+        "truncate_and_refill",
+        "materialized_view",
+    ],
 )
 def test_the_data_loss_guard_sees_what_the_downgrade_removes(
     workspace: Workspace, downgrade: str, fill: str, named: str
@@ -103,10 +139,13 @@ def test_the_data_loss_guard_sees_what_the_downgrade_removes(
         workspace,
         downgrade,
         extra_upgrade='    op.execute("CREATE SCHEMA side")\n'
-        '    op.execute("CREATE TABLE side.kept (id int)")\n',
+        '    op.execute("CREATE TABLE side.kept (id int)")\n'
+        '    op.execute("CREATE MATERIALIZED VIEW side.summary AS SELECT id FROM side.kept '
+        'WITH NO DATA")\n',
     )
     with workspace.connect() as conn:
         conn.execute(sa.text(fill))
+        conn.execute(sa.text("REFRESH MATERIALIZED VIEW side.summary"))
         conn.commit()
     rows_before = len(workspace.audit())
 
@@ -137,6 +176,8 @@ def test_a_destructive_statement_outside_a_transaction_is_refused_as_not_rehears
             ECOMMERCE_HEAD,
             '    op.execute("CREATE TABLE ecommerce.keep_b (id int)")',
             "    with op.get_context().autocommit_block():\n"
+            '        op.execute("WITH d AS (DELETE FROM ecommerce.keep_b RETURNING 1) '
+            'SELECT count(*) FROM d")\n'
             '        op.execute("DROP TABLE ecommerce.keep_b")',
         ),
     )
@@ -145,6 +186,7 @@ def test_a_destructive_statement_outside_a_transaction_is_refused_as_not_rehears
     message = _refused(workspace)
 
     assert "statement outside a transaction: DROP TABLE ecommerce.keep_b" in message
+    assert "WITH d AS (DELETE FROM ecommerce.keep_b" in message
     assert "not rehearsed" in message and "keep_b" in workspace.tables("ecommerce")
 
 
@@ -553,3 +595,19 @@ def test_a_history_mapped_to_a_schema_its_revisions_do_not_create_fails_verify(
         f.check == "schema" and "schema stats does not exist" in f.message
         for f in verified.findings
     )
+
+
+def test_the_statement_splitter_is_not_fooled_by_escapes_or_dollar_signs_in_names(
+    workspace: Workspace,
+):
+    """E'\\'' is one quote inside a string and x$q$ is an identifier: neither hides a COMMIT."""
+    from orchestration import sqltext
+
+    hidden = [
+        "CREATE TABLE t(id int); SELECT E'\\''; COMMIT; CREATE TABLE u(id int); SELECT ''''",
+        "CREATE TABLE t(x$q$ int); COMMIT; CREATE TABLE u(y$q$ int)",
+    ]
+    for sql in hidden:
+        assert sqltext.transaction_control(sql) == "COMMIT", sql
+    for harmless in ("SELECT 'a; commit'", "SELECT $f$ ; commit $f$", "SELECT E'\\'; commit'"):
+        assert sqltext.transaction_control(harmless) is None, harmless
