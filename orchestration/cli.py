@@ -155,9 +155,18 @@ def _print_step(row: audit.AuditRow) -> None:
 
 
 def cmd_status(project: MigrationProject, args: argparse.Namespace) -> int:
-    statuses = engine.status(project, args.env, args.schema)
+    warnings: list[str] = []
+    statuses = engine.status(project, args.env, args.schema, warnings=warnings)
+    for warning in warnings:
+        print(f"migrate: warning: {warning}", file=sys.stderr)
     if args.json:
-        _print_json({"environment": args.env, "schemas": [s.to_dict() for s in statuses]})
+        _print_json(
+            {
+                "environment": args.env,
+                "schemas": [s.to_dict() for s in statuses],
+                "warnings": warnings,
+            }
+        )
         return EXIT_OK
     print(f"environment: {args.env}")
     rows = [

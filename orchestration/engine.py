@@ -251,11 +251,43 @@ def status(
     schemas: list[str] | None = None,
     *,
     database: str | None = None,
+    warnings: list[str] | None = None,
 ) -> list[SchemaStatus]:
-    """Current revision, head and pending revisions of each schema."""
+    """Current revision, head and pending revisions of each schema. ``warnings`` gets a
+    line for a revision the database holds that no file defines."""
     selected = _schemas(project, schemas)
     with connect(project, environment, database) as (conn, _):
-        return _status_from_heads(project, _db_heads(conn), selected)
+        heads = _db_heads(conn)
+        if warnings is not None:
+            warnings += [
+                str(problem)
+                for problem in [_unknown_heads(project, environment, heads)]
+                if problem is not None
+            ]
+        return _status_from_heads(project, heads, selected)
+
+
+def _unknown_heads(
+    project: MigrationProject, environment: str, db_heads: tuple[str, ...]
+) -> ConfigurationError | None:
+    """A database ahead of the files (a revision file deleted or renamed, another branch
+    checked out): the schemas' places cannot be told, so nothing may move them."""
+    unknown = [head for head in db_heads if project.revision(head) is None]
+    if not unknown:
+        return None
+    return ConfigurationError(
+        f"the {environment} database is at revision {', '.join(unknown)}, which no revision "
+        "file of this project defines (a file deleted or renamed, another branch checked "
+        "out?): restore it first; nothing was changed"
+    )
+
+
+def _refuse_unknown_heads(
+    project: MigrationProject, environment: str, db_heads: tuple[str, ...]
+) -> None:
+    problem = _unknown_heads(project, environment, db_heads)
+    if problem is not None:
+        raise problem
 
 
 def plan(
@@ -263,7 +295,11 @@ def plan(
 ) -> list[PlannedSchema]:
     """The SQL that `upgrade` would run, rendered offline (--sql mode): changes nothing."""
     result = []
-    for st in status(project, environment, schemas):
+    ahead: list[str] = []
+    statuses = status(project, environment, schemas, warnings=ahead)
+    if ahead:
+        raise ConfigurationError(ahead[0])
+    for st in statuses:
         if not st.pending:
             result.append(PlannedSchema(st.schema, (), ""))
             continue
@@ -377,6 +413,7 @@ def upgrade(
     targets = _upgrade_targets(project, schemas, to)
 
     def steps(config: Config) -> None:
+        _refuse_unknown_heads(project, environment, _db_heads(config.attributes["connection"]))
         for target in targets:
             command.upgrade(config, target)
 
@@ -489,7 +526,9 @@ def downgrade(
         connect(project, environment) as (conn, url),
         advisory_lock(conn, project.settings.lock_wait_timeout_seconds),
     ):
-        statuses = _status_from_heads(project, _db_heads(conn), list(project.schemas))
+        heads = _db_heads(conn)
+        _refuse_unknown_heads(project, environment, heads)
+        statuses = _status_from_heads(project, heads, list(project.schemas))
         wanted = (_downgrade_target(project, st, to) for st in statuses if st.schema in selected)
         targets = [target for target in wanted if target is not None]
         if not allow_data_loss:
@@ -747,7 +786,9 @@ def baseline(
         audit.ensure_table(conn, audit_schema)
         executed_by = conn.scalar(sa.text("SELECT current_user"))
         conn.commit()
-        for st in _status_from_heads(project, _db_heads(conn), selected):
+        heads = _db_heads(conn)
+        _refuse_unknown_heads(project, environment, heads)
+        for st in _status_from_heads(project, heads, selected):
             recorded = audit.applied_checksums(conn, audit_schema, st.schema)
             expected = catalog.load(conn, audit_schema, st.schema, st.current)
             live = catalog.snapshot(conn, st.schema)
