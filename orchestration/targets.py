@@ -55,9 +55,19 @@ def database_url(settings: ProjectSettings, environment: str) -> URL:
             f"default is off and {env.name!r} needs its own"
         )
     try:
-        return normalize_url(raw)
+        url = normalize_url(raw)
     except ConfigurationError as exc:
         raise ConfigurationError(f"{env.url_env}: {exc}") from None
+    if not url.database:
+        # libpq would pick the database named after the user: never a surprise target
+        raise ConfigurationError(f"{env.url_env} names no database: end it with /<database>")
+    if url.host and "@" in url.host:
+        # (its host is not shown: the part before the last @ belongs to the password)
+        raise ConfigurationError(
+            f"{env.url_env}: an @ in the password is read as the end of it, so the host "
+            "is unclear: write an @ in the password as %40"
+        )
+    return url
 
 
 def dagster_storage_url(settings: ProjectSettings) -> URL | None:

@@ -176,12 +176,14 @@ def redact(text: str, *urls: URL | str | None) -> str:
                 continue
         if url is not None:
             extra += _url_passwords(url)
-    text = _USERINFO.sub(lambda m: f"{m['head']}{MASK}@", text)
-    text = _PARAMETER.sub(lambda m: f"{m['head']}{MASK}", text)
-    text = _MAPPING.sub(lambda m: f"{m['head']}{MASK}{m['v']}", text)
+    # Known passwords first, whole: a pattern below may stop inside one (at a space, say)
+    # and leave the rest of it for anyone to read.
     for pattern in (_known_pattern, _pattern_for(extra)):
         if pattern is not None:
             text = pattern.sub(MASK, text)
+    text = _USERINFO.sub(lambda m: f"{m['head']}{MASK}@", text)
+    text = _PARAMETER.sub(lambda m: f"{m['head']}{MASK}", text)
+    text = _MAPPING.sub(lambda m: f"{m['head']}{MASK}{m['v']}", text)
     return text
 
 

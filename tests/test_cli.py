@@ -637,3 +637,19 @@ def test_upgrade_after_the_first_environment_goes_as_far_as_the_one_before_verif
     # An explicit --to is the operator's own call.
     assert run(capsys, "upgrade", "--env", "prod", "--to", "e1e000000001")[0] == 0
     assert "e1e000000001" in workspace.version_heads("prod")
+
+
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        ("postgresql://postgres@127.0.0.1:5432/", "names no database"),
+        ("postgresql://postgres:Wr0ng S3cr@t@127.0.0.1:5432/dev", "write an @ in the password"),
+    ],
+)
+def test_a_url_whose_target_is_ambiguous_is_refused(
+    workspace: Workspace, capsys, monkeypatch, url, said
+):
+    monkeypatch.setenv("DEV_DATABASE_URL", url)
+    code, out, err = run(capsys, "upgrade")
+    assert code == 2 and out == "" and err.count("\n") == 1 and said in err
+    assert "Wr0ng" not in err and "t@127" not in err

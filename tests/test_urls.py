@@ -145,3 +145,10 @@ def test_has_password_sees_userinfo_and_query_passwords():
     assert urls.has_password("postgres://u@h/db?password=pw")
     assert not urls.has_password("postgresql://u@h/db?sslmode=require")
     assert not urls.has_password("/tmp/dagster_home")
+
+
+def test_a_password_with_a_space_is_masked_whole_inside_a_password_parameter():
+    """The password= pattern stops at a space: the known password goes first, whole."""
+    normalize_url("postgresql://adv:Pa%25s%40%20%21w0rd%3Ax%2Fy@127.0.0.1/db")
+    shown = redact("dsn=host=x password=Pa%s@ !w0rd:x/y user=y; pw=Pa%s@ !w0rd:x/y")
+    assert "w0rd" not in shown and shown == "dsn=host=x password=*** user=y; pw=***"
