@@ -13,7 +13,9 @@ import json
 import os
 import re
 import shlex
+import signal
 import sys
+import threading
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -645,6 +647,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupted_by_sigterm(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command. Everything it prints, on stdout and stderr, goes through
     urls.redact; the first line of stdout names the target database."""
@@ -654,6 +660,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     sys.stdout = _Output(stdout, first_line=lambda: _target.line())
     sys.stderr = _Output(stderr)
     token = engine.on_connect.set(lambda environment, url: _target(environment, url))
+    # SIGTERM (a stopped container, a killed CI job) is an interrupt like Ctrl-C: the running
+    # statement is cancelled and the step audited, instead of the process vanishing.
+    terminate = signal.getsignal(signal.SIGTERM)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupted_by_sigterm)
     try:
         return _run(argv)
     except BrokenPipeError:  # stdout's reader left (`migrate plan | head`): not an error
@@ -662,6 +673,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             os.dup2(os.open(os.devnull, os.O_WRONLY), stdout.fileno())
         return EXIT_OK
     finally:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, terminate)
         engine.on_connect.reset(token)
         sys.stdout, sys.stderr = stdout, stderr
 
@@ -687,6 +700,7 @@ def _run(argv: Sequence[str] | None) -> int:
         print(f"migrate: failed: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # one interrupt is enough: finish
         print("migrate: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:

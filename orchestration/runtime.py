@@ -32,7 +32,12 @@ from sqlalchemy.engine import URL
 from orchestration import audit, catalog
 from orchestration.errors import MigrationError
 from orchestration.recorder import StepRecorder
-from orchestration.sessions import advisory_lock, cancel_on_interrupt, create_engine
+from orchestration.sessions import (
+    advisory_lock,
+    cancel_on_interrupt,
+    create_engine,
+    interrupts_deferred,
+)
 from orchestration.settings import ProjectSettings, load_settings
 from orchestration.targets import database_url
 
@@ -228,9 +233,10 @@ def _run_online(
             with cancel_on_interrupt(connection), context.begin_transaction():
                 context.run_migrations()
         except BaseException as exc:  # Ctrl-C and a terminated run are failed steps too
-            recorder.record_failure(connection.engine, exc)
-            if rehearsal is None:
-                recorder.save_snapshots(connection, commit=not in_transaction)
+            with interrupts_deferred():  # a second Ctrl-C must not cost the failure row
+                recorder.record_failure(connection.engine, exc)
+                if rehearsal is None:
+                    recorder.save_snapshots(connection, commit=not in_transaction)
             raise
         finally:
             sa.event.remove(connection, "before_cursor_execute", before)

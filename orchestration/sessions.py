@@ -193,3 +193,21 @@ def cancel_on_interrupt(connection: sa.Connection) -> Iterator[None]:
         watcher.join()
         os.close(read_fd)
         os.close(write_fd)
+
+
+@contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """While the record of an interrupted step is written: further SIGINT/SIGTERM are
+    taken note of, not raised (a user pressing Ctrl-C three times would otherwise lose the
+    failure row to the second). The interrupt already on its way is raised by the caller."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in previous:
+        signal.signal(sig, lambda *_: None)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
