@@ -136,10 +136,17 @@ def _progress_printer(header: str) -> Any:
     printed: list[bool] = []
 
     def progress(row: audit.AuditRow) -> None:
-        if not printed:  # the header waits for a first step: bad input prints one line only
-            print(header, flush=True)
-            printed.append(True)
-        _print_step(row)
+        # Runs inside the step's transaction: a reader that went away (`| head`) must not
+        # fail the migration, so output errors end the progress, not the step.
+        if False in printed:
+            return
+        try:
+            if not printed:  # the header waits for a first step: bad input prints one line
+                print(header, flush=True)
+                printed.append(True)
+            _print_step(row)
+        except OSError:
+            printed.append(False)
 
     return progress
 
