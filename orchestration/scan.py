@@ -20,6 +20,9 @@ from pathlib import Path
 from orchestration.settings import History
 
 CREATE_DATE = re.compile(r"^Create Date:\s*(.+?)\s*$", re.MULTILINE)
+# What Alembic can name on a command line and store in alembic_version (varchar(32)).
+_REVISION_ID = re.compile(r"^[A-Za-z0-9_]{1,32}$")
+_RESERVED = {"base", "head", "heads"}
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,14 @@ def read_revision_file(schema: str, path: str, data: bytes | None = None) -> Rev
     revision = values.get("revision")
     if not isinstance(revision, str):
         return RevisionFile(path, schema, checksum, error='no `revision = "..."` assignment')
+    if not _REVISION_ID.match(revision) or revision in _RESERVED:
+        return RevisionFile(
+            path,
+            schema,
+            checksum,
+            error=f"revision id {revision!r} is not usable: letters, digits and _ only, "
+            "at most 32 (alembic_version's column), and not base, head or heads",
+        )
     if "upgrade" not in functions:
         return RevisionFile(path, schema, checksum, error="no upgrade() function")
     doc = ast.get_docstring(tree) or ""
@@ -116,7 +127,7 @@ CACHE_NAME = "migrate-scan.json"
 # A reading is keyed by the sha256 of the file's bytes, so it cannot go stale; the format
 # key drops every entry when RevisionFile changes shape.
 _FIELDS = tuple(f.name for f in dataclasses.fields(RevisionFile))
-_FORMAT = "1:" + ",".join(_FIELDS)
+_FORMAT = "2:" + ",".join(_FIELDS)  # 2: revision ids checked when read
 _TUPLES = ("down_revisions", "depends_on", "branch_labels")  # JSON keeps them as lists
 
 

@@ -159,6 +159,8 @@ def _check_alembic_ini(ini: Path) -> str | None:
         section = config.config_ini_section
         if not parser.has_section(section):
             raise ConfigurationError(f"{ini}: has no [{section}] section")
+        for option in parser.options(section):  # each value as Alembic will interpolate it
+            parser.get(section, option)
         for option in _PATH_OPTIONS:
             raw = parser.get(section, option, raw=True, fallback="")
             inline = _INLINE_COMMENT.search(raw)
@@ -183,7 +185,7 @@ def _check_alembic_ini(ini: Path) -> str | None:
                     f"{ini} [{section}] version_locations: {location} does not exist"
                 )
         return config.get_main_option("migrate_config")
-    except (configparser.Error, CommandError) as exc:
+    except (configparser.Error, CommandError, ValueError) as exc:
         raise ConfigurationError(f"{ini}: {' '.join(str(exc).split())}") from None
 
 
@@ -410,13 +412,16 @@ def version_folders(ini: Path) -> list[Path]:
     """The folders Alembic reads revisions from: version_locations, else Alembic's own
     default, <script_location>/versions."""
     config = Config(str(ini))
-    listed = config.get_version_locations_list()
-    if listed:
-        return [Path(p).resolve() for p in listed]
-    script_location = config.get_alembic_option("script_location")
-    if not script_location:
-        return []
-    return [(Path(coerce_resource_to_filename(script_location)) / "versions").resolve()]
+    try:
+        listed = config.get_version_locations_list()
+        if listed:
+            return [Path(p).resolve() for p in listed]
+        script_location = config.get_alembic_option("script_location")
+        if not script_location:
+            return []
+        return [(Path(coerce_resource_to_filename(script_location)) / "versions").resolve()]
+    except (configparser.Error, CommandError, ValueError, ImportError) as exc:
+        raise ConfigurationError(f"{ini}: {' '.join(str(exc).split())}") from None
 
 
 def histories(ini: Path, mapping: dict, source: str = "migrate.toml") -> tuple[History, ...]:

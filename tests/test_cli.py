@@ -664,3 +664,23 @@ def test_a_reader_that_goes_away_does_not_fail_the_migration(workspace: Workspac
     assert done.returncode == 0, done.stderr
     assert workspace.version_heads() == {ECOMMERCE_HEAD, ANALYTICS_HEAD}
     assert all(row.success for row in workspace.audit())
+
+
+@pytest.mark.parametrize(
+    "bad_id", ["base", "head", "", "it's", "x" * 40, "a-b.c", "a,b", "ümlaut1"]
+)
+def test_a_revision_id_alembic_cannot_use_is_one_line_before_anything_runs(
+    workspace: Workspace, capsys, bad_id: str
+):
+    workspace.add_revision(
+        "ecommerce",
+        "2024_06_01_0900-bad_id.py",
+        revision_file("placeholder", ECOMMERCE_HEAD, "    pass").replace(
+            'revision = "placeholder"', f"revision = {bad_id!r}"
+        ),
+    )
+    for command in ("status", "upgrade"):
+        code, out, err = run(capsys, command)
+        assert code == 2 and out == "" and err.count("\n") == 1, (command, err)
+        assert "is not usable" in err
+    assert workspace.version_heads() == set()

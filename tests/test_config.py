@@ -176,3 +176,24 @@ def test_the_console_script_says_one_line_for_bad_configuration(workspace: Works
     assert done.returncode == 2
     assert done.stderr.startswith("migrate: error: ") and done.stderr.count("\n") == 1
     assert done.stdout == "" and workspace.version_heads() == set()
+
+
+@pytest.mark.parametrize(
+    ("option", "value"), [("prepend_sys_path", "%"), ("path_separator", "bogus")]
+)
+def test_an_alembic_ini_value_alembic_cannot_read_is_one_line(
+    workspace, capsys, option: str, value: str
+):
+    from orchestration.cli import main
+
+    text = workspace.ini.read_text()
+    lines = [line for line in text.splitlines() if not line.startswith(f"{option} =")]
+    at = lines.index("[alembic]") + 1
+    lines.insert(at, f"{option} = {value}")
+    workspace.ini.write_text("\n".join(lines) + "\n")
+
+    code = main(["status"])
+    out, err = capsys.readouterr()
+
+    assert code == 2 and out == "" and err.count("\n") == 1, err
+    assert "internal error" not in err and "Traceback" not in err
