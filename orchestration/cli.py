@@ -342,7 +342,8 @@ def cmd_upgrade(project: MigrationProject, args: argparse.Namespace) -> int:
 
 def cmd_downgrade(project: MigrationProject, args: argparse.Namespace) -> int:
     _check_to(project, args.to, downgrade=True)
-    header = f"downgrading {args.env} ({', '.join(args.schema or [])}) to {args.to}"
+    named = args.schema or (list(project.schemas) if len(project.schemas) == 1 else [])
+    header = f"downgrading {args.env} ({', '.join(named)}) to {args.to}"
     result = engine.downgrade(
         project,
         args.env,
@@ -580,7 +581,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="head or a revision id to upgrade to (default: head in the first environment; "
         "after it, the revision the environment before is at and verified)",
     )
-    down = add("downgrade", cmd_downgrade, "revert revisions of a schema (needs --schema)")
+    down = add(
+        "downgrade",
+        cmd_downgrade,
+        "revert revisions of a schema (needs --schema, unless the project has one schema)",
+    )
     down.add_argument(
         "--to", required=True, help="revision id to go back to, -N for N steps, or base"
     )

@@ -517,6 +517,8 @@ def downgrade(
     and the downgrade itself run under one hold of the migration lock, on one session:
     nothing can land between what was checked and what runs.
     """
+    if not schemas and len(project.schemas) == 1:
+        schemas = list(project.schemas)  # one history: no doubt which one is meant
     if not schemas:
         raise ConfigurationError("downgrade needs --schema: which schema to take back")
     if to != "base" and len(schemas) > 1:

@@ -345,3 +345,12 @@ def test_the_teams_alembic_check_and_current_keep_working_after_migrate_upgrade(
     assert check.returncode == 0, check.stdout + check.stderr[-3000:]
     assert "No new upgrade operations detected" in check.stdout + check.stderr
     assert len(project.audit()) == rows
+
+
+def test_a_single_history_downgrades_without_naming_its_schema(initialized: Adopted):
+    project = initialized
+    project.migrate("upgrade")
+
+    project.migrate("downgrade", "--to", "-1")
+
+    assert project.version() == {"1a31ce608336"}
