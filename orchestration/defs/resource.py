@@ -120,25 +120,7 @@ class MigrationResource(dg.ConfigurableResource):
         """verify, expecting head in the first environment and the promotion target in the
         others: a staging that stopped where dev verified is not failing because a newer
         file exists."""
-        project = self.project()
-        if project.settings.environment_names[0] == environment:
-            return self.verify(context, environment, schemas)
-        plans = promotion.plan(project, environment, schemas)
-        results = []
-        # Behind its target, a schema is behind its head too: verify then expects head, so
-        # that its audit row records the failure; at or past the target, it does not.
-        for behind in (True, False):
-            selected = [p.schema for p in plans if p.behind_target == behind]
-            if selected:
-                results += self.verify(context, environment, selected, expect_head=behind)
-        by_schema = {p.schema: p for p in plans}
-        for result in results:
-            finding = promotion.target_finding(by_schema[result.schema])
-            if finding is not None:  # says what is expected: the target, not the head
-                result.findings[:] = [f for f in result.findings if f.check != "at_head"]
-                result.findings.append(finding)
-        order = [p.schema for p in plans]
-        return sorted(results, key=lambda r: order.index(r.schema))
+        return promotion.verify(self.project(), environment, schemas, run_id=context.run.run_id)
 
 
 class StepLog:
