@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 
 import pytest
 import yaml
@@ -112,3 +113,19 @@ def test_docker_compose_config_parses():
         text=True,
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_a_plain_install_carries_every_subpackage(tmp_path):
+    """The Docker image runs `pip install .` (not editable): the wheel must hold
+    orchestration.defs and orchestration.components, not only the top package."""
+    import zipfile
+
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(REPO)],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = tmp_path.glob("*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for module in ("orchestration/defs/assets.py", "orchestration/components/__init__.py"):
+        assert module in names, module
