@@ -499,12 +499,14 @@ def cmd_env(settings: Any, args: argparse.Namespace) -> int:
 
 
 def cmd_ui(settings: Any, args: argparse.Namespace) -> int:
-    """Start what Dagster needs, then hand over to `dagster dev` (same process)."""
+    """Start what Dagster needs, then hand over to `dg dev` (same process)."""
     env = {**os.environ, **_dagster_env(settings)}
     workspace = settings.root / "workspace.yaml"
     extra = args.dagster_args[1:] if args.dagster_args[:1] == ["--"] else args.dagster_args
-    argv = [sys.executable, "-m", "dagster", "dev", "-w", str(workspace), *extra]
-    print(f"DAGSTER_HOME={env['DAGSTER_HOME']}; running: dagster dev -w {workspace}", flush=True)
+    # dg dev, today's convention (dagster dev warns that dg dev supersedes it); with -w it
+    # needs no dg project around it.
+    argv = [sys.executable, "-m", "dagster_dg_cli.cli", "dev", "-w", str(workspace), *extra]
+    print(f"DAGSTER_HOME={env['DAGSTER_HOME']}; running: dg dev -w {workspace}", flush=True)
     # From DAGSTER_HOME: dagster dev warns about a dagster.yaml in its working directory,
     # and workspace.yaml sets the code location's own working directory.
     os.chdir(env["DAGSTER_HOME"])
@@ -632,11 +634,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ui = sub.add_parser(
         "ui",
-        help="start the Dagster UI (dagster dev) with PostgreSQL storage",
+        help="start the Dagster UI (dg dev) with PostgreSQL storage",
         description="Start the embedded PostgreSQL when no URL is set, export the "
         "environments' URLs and DAGSTER_POSTGRES_URL, put dagster.yaml in $DAGSTER_HOME "
-        "(default .dagster_home/), then run `dagster dev -w workspace.yaml`. Arguments "
-        "after -- go to dagster dev (e.g. -- -p 3001).",
+        "(default .dagster_home/), then run `dg dev -w workspace.yaml`. Arguments "
+        "after -- go to dg dev (e.g. -- -p 3001).",
     )
     ui.add_argument("dagster_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     ui.set_defaults(handler=cmd_ui, needs_project=False)
