@@ -316,26 +316,27 @@ def _check_to(project: MigrationProject, to: str, *, downgrade: bool) -> None:
 
 
 def cmd_upgrade(project: MigrationProject, args: argparse.Namespace) -> int:
-    if args.to is not None:  # the operator's own target
-        _check_to(project, args.to, downgrade=False)
-        header = f"upgrading {args.env} ({', '.join(args.schema or project.schemas)}) to {args.to}"
+    first = args.env == project.settings.environment_names[0]
+    if args.to is not None or first:  # the operator's own target, or head: one run
+        to = args.to or "head"
+        _check_to(project, to, downgrade=False)
+        header = f"upgrading {args.env} ({', '.join(args.schema or project.schemas)}) to {to}"
         result = engine.upgrade(
             project,
             args.env,
             schemas=args.schema,
-            to=args.to,
+            to=to,
             on_step=None if args.json else _progress_printer(header),
         )
         return _report_run(result, args)
     # Head in the first environment; after it, what the environment before verified.
     header = f"upgrading {args.env} ({', '.join(args.schema or project.schemas)})"
-    first = args.env == project.settings.environment_names[0]
     result, _ = promotion.upgrade(
         project,
         args.env,
         args.schema,
         on_step=None if args.json else _progress_printer(header),
-        on_plan=None if args.json or first else (lambda p: print(p.reason, flush=True)),
+        on_plan=None if args.json else (lambda p: print(p.reason, flush=True)),
     )
     return _report_run(result, args)
 
