@@ -730,3 +730,42 @@ def test_the_sensors_run_after_an_applied_file_is_edited_reports_the_tamper_thro
         assert f"{path.name} (revision 07e0f754c9d8) was edited after it was applied" in (
             evaluation.description
         )
+
+
+def test_each_schema_assets_code_version_follows_its_revision_files(workspace: Workspace):
+    """DESIGN contract: a new or edited revision file is a new code version, so Dagster
+    shows the asset as changed before any run; the materialization records the version."""
+
+    def versions() -> dict[str, str | None]:
+        graph = build_definitions(str(workspace.ini)).resolve_asset_graph()
+        return {
+            key.to_user_string(): graph.get(key).code_version for key in graph.get_all_asset_keys()
+        }
+
+    before = versions()
+    assert before["dev/ecommerce"].startswith(f"{ECOMMERCE_HEAD}-")
+    assert before["dev/ecommerce"] == before["prod/ecommerce"]  # same files, same version
+    assert before["dev/analytics"].startswith(f"{ANALYTICS_HEAD}-")
+
+    with dg.instance_for_test() as instance:
+        defs = build_definitions(str(workspace.ini))
+        result = defs.resolve_implicit_global_asset_job_def().execute_in_process(
+            instance=instance, asset_selection=[dg.AssetKey(["dev", "ecommerce"])]
+        )
+        assert result.success
+        recorded = instance.get_latest_materialization_event(dg.AssetKey(["dev", "ecommerce"]))
+        assert (
+            recorded.asset_materialization.tags["dagster/code_version"] == (before["dev/ecommerce"])
+        )
+
+    path = workspace.add_revision(
+        "ecommerce",
+        "2024_06_01_0900-c0de00000001_new.py",
+        simple_revision("c0de00000001", ECOMMERCE_HEAD, "code_versioned"),
+    )
+    added = versions()
+    assert added["dev/ecommerce"].startswith("c0de00000001-")
+    assert added["dev/analytics"] == before["dev/analytics"]  # another schema's files
+
+    path.write_text(path.read_text() + "\n# edited\n")
+    assert versions()["dev/ecommerce"] not in (added["dev/ecommerce"], before["dev/ecommerce"])

@@ -8,6 +8,7 @@ return, so a changed key (a prefix, a team's own naming) keeps jobs and sensors 
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 import dagster as dg
@@ -23,6 +24,22 @@ class SchemaAsset:
     schema: str
     revisions: tuple[RevisionFile, ...]
     depends_on_schemas: frozenset[str] = field(default_factory=frozenset)
+
+    @property
+    def head(self) -> str | None:
+        """The schema's newest revision: the one no other revision of it names as down."""
+        downs = {d for r in self.revisions for d in r.down_revisions}
+        heads = sorted(r.revision for r in self.revisions if r.revision and r.revision not in downs)
+        return heads[0] if heads else None
+
+    @property
+    def code_version(self) -> str:
+        """contract: follows the revision files. The head names it; a digest of every file's
+        sha256 makes an edit (of an applied file, say) a new version too."""
+        digest = hashlib.sha256(
+            "\n".join(sorted(f"{r.revision}:{r.checksum}" for r in self.revisions)).encode()
+        ).hexdigest()
+        return f"{self.head or 'base'}-{digest[:12]}"
 
 
 @dataclass(frozen=True)
@@ -66,6 +83,9 @@ class SchemaAssetTranslator:
             automation_condition=self._automation_condition(props),
             metadata={"environment": props.env, "schema": props.schema.schema},
             tags={"environment": props.env},
+            # A new or edited revision file is a new code version: Dagster shows the asset
+            # as changed ("Unsynced") the moment the file lands, before any run.
+            code_version=props.schema.code_version,
         )
 
     def get_asset_check_spec(
