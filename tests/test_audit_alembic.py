@@ -69,7 +69,7 @@ def _audit_alembic(workspace: Workspace) -> Config:
         f"script_location = {env_dir}\n"
         "path_separator = newline\n"
         f"version_locations =\n    {versions / 'ecommerce'}\n    {versions / 'analytics'}\n"
-        f"sqlalchemy.url = {workspace.urls['dev'].render_as_string(False)}\n"
+        f"sqlalchemy.url = {workspace.urls['dev'].render_as_string(False).replace('%', '%%')}\n"
     )
     return Config(str(ini))
 
