@@ -396,7 +396,12 @@ def test_every_command_names_its_target_first(
         assert run(capsys, "upgrade", "--schema", "ecommerce")[0] == 0
     code, out, err = run(capsys, *args)
     assert code in (0, 1), err  # verify of a fresh database fails: it is behind head
-    shown = f"postgresql+psycopg2://{secret_role}:***@{url.host}:{url.port}/{url.database}"
+    where = (  # host:port, or the socket folder of a server reached that way (embedded)
+        f"{url.host}:{url.port}/{url.database}"
+        if url.host
+        else f"/{url.database}?host={url.query['host']}"
+    )
+    shown = f"postgresql+psycopg2://{secret_role}:***@{where}"
     sql_comment = "-- " if args[0] == "plan" else ""  # plan's output stays valid SQL
     assert out.splitlines()[0] == f"{sql_comment}dev: {shown}"
 
