@@ -578,7 +578,12 @@ def build_parser() -> argparse.ArgumentParser:
     lint_parser.add_argument(
         "--all", action="store_true", help="every revision, not only pending ones (no database)"
     )
-    up = add("upgrade", cmd_upgrade, "apply pending revisions (one transaction each)")
+    up = add(
+        "upgrade",
+        cmd_upgrade,
+        "apply pending revisions (one transaction each); after the first environment, only "
+        "as far as the environment before it is and verified, unless --to says otherwise",
+    )
     up.add_argument(
         "--to",
         help="head or a revision id to upgrade to (default: head in the first environment; "
@@ -600,8 +605,9 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "verify",
         cmd_verify,
-        "check each schema: at head, revision files unchanged since applied, no drift from "
-        "the catalog snapshot, no INVALID index, revision verify() hooks pass",
+        "check each schema: at head (after the first environment: where promotion takes it), "
+        "revision files unchanged since applied, no drift from the catalog snapshot, no "
+        "INVALID index, revision verify() hooks pass",
     )
     add(
         "baseline",
