@@ -259,35 +259,11 @@ def status(
     with connect(project, environment, database) as (conn, _):
         heads = _db_heads(conn)
         if warnings is not None:
-            warnings += [
-                str(problem)
-                for problem in [_unknown_heads(project, environment, heads)]
-                if problem is not None
-            ]
+            try:
+                project.check_known(heads, environment)
+            except ConfigurationError as ahead:
+                warnings.append(str(ahead))
         return _status_from_heads(project, heads, selected)
-
-
-def _unknown_heads(
-    project: MigrationProject, environment: str, db_heads: tuple[str, ...]
-) -> ConfigurationError | None:
-    """A database ahead of the files (a revision file deleted or renamed, another branch
-    checked out): the schemas' places cannot be told, so nothing may move them."""
-    unknown = [head for head in db_heads if project.revision(head) is None]
-    if not unknown:
-        return None
-    return ConfigurationError(
-        f"the {environment} database is at revision {', '.join(unknown)}, which no revision "
-        "file of this project defines (a file deleted or renamed, another branch checked "
-        "out?): restore it first; nothing was changed"
-    )
-
-
-def _refuse_unknown_heads(
-    project: MigrationProject, environment: str, db_heads: tuple[str, ...]
-) -> None:
-    problem = _unknown_heads(project, environment, db_heads)
-    if problem is not None:
-        raise problem
 
 
 def plan(
@@ -374,20 +350,20 @@ def _run_on(
     )
     try:
         steps(config)
-    except (MigrationError, sa.exc.SQLAlchemyError) as exc:
-        result.error = error_text(exc, url)
     except Exception as exc:
-        if not _failed_in_a_step(project, result, exc):
-            raise  # our own bug, not the migration's: the caller shows its traceback
+        if not _migration_failure(project, result, exc):
+            raise  # our own bug, or bad input: the caller shows its traceback or its line
         result.error = error_text(exc, url)
     return result
 
 
-def _failed_in_a_step(project: MigrationProject, result: RunResult, exc: Exception) -> bool:
-    """Whether ``exc`` is the migration's failure rather than a bug of ours: a step failed
-    (env.py wrote its row), Alembic refused the command, or the error passed through a
-    revision file's own code (a module that fails to import, say)."""
-    if any(not row.success for row in result.steps) or isinstance(exc, CommandError):
+def _migration_failure(project: MigrationProject, result: RunResult, exc: Exception) -> bool:
+    """Whether ``exc`` is the migration's failure rather than a bug of ours: the database
+    or a guard said no, a step failed (env.py wrote its row), Alembic refused the command,
+    or the error passed through a revision file's own code (a module that fails to import)."""
+    if isinstance(exc, MigrationError | sa.exc.SQLAlchemyError | CommandError):
+        return True
+    if any(not row.success for row in result.steps):
         return True
     revision_files = {str(r.path) for s in project.schemas for r in project.revisions(s)}
     return any(
@@ -413,7 +389,6 @@ def upgrade(
     targets = _upgrade_targets(project, schemas, to)
 
     def steps(config: Config) -> None:
-        _refuse_unknown_heads(project, environment, _db_heads(config.attributes["connection"]))
         for target in targets:
             command.upgrade(config, target)
 
@@ -488,9 +463,7 @@ def _rehearse(
     except Exception as exc:
         conn.rollback()
         failed = RunResult(environment, "downgrade", steps=rows)
-        if not (isinstance(exc, MigrationError | sa.exc.SQLAlchemyError)) and not (
-            _failed_in_a_step(project, failed, exc)
-        ):
+        if not _migration_failure(project, failed, exc):
             raise
         failed.error = error_text(exc, url) + " (while rehearsing the downgrade: nothing changed)"
         return failed
@@ -529,7 +502,7 @@ def downgrade(
         advisory_lock(conn, project.settings.lock_wait_timeout_seconds),
     ):
         heads = _db_heads(conn)
-        _refuse_unknown_heads(project, environment, heads)
+        project.check_known(heads, environment)
         statuses = _status_from_heads(project, heads, list(project.schemas))
         wanted = (_downgrade_target(project, st, to) for st in statuses if st.schema in selected)
         targets = [target for target in wanted if target is not None]
@@ -789,7 +762,7 @@ def baseline(
         executed_by = conn.scalar(sa.text("SELECT current_user"))
         conn.commit()
         heads = _db_heads(conn)
-        _refuse_unknown_heads(project, environment, heads)
+        project.check_known(heads, environment)
         for st in _status_from_heads(project, heads, selected):
             recorded = audit.applied_checksums(conn, audit_schema, st.schema)
             expected = catalog.load(conn, audit_schema, st.schema, st.current)

@@ -96,6 +96,8 @@ class StepRecorder:
         """Wrap Alembic's step generator to know which step runs, and since when."""
 
         def tracked(heads: Any, ctx: MigrationContext) -> Iterator[Any]:
+            if self.project is not None:  # heads as Alembic read them, under the lock
+                self.project.check_known(tuple(heads), self.environment)
             self.version_table = (ctx.version_table, ctx.version_table_schema)
             if self.rehearsal is not None:
                 self.rehearsal.attach(ctx, self.version_table)

@@ -267,6 +267,17 @@ class MigrationProject:
         done = [r.revision for r in self.revisions(schema) if r.revision in applied]
         return done[-1] if done else None
 
+    def check_known(self, db_heads: tuple[str, ...] | list[str], environment: str) -> None:
+        """A database ahead of the files (a revision file deleted or renamed, another branch
+        checked out): where its schemas stand cannot be told, so nothing may move them."""
+        unknown = [head for head in db_heads if head not in self._by_id]
+        if unknown:
+            raise ConfigurationError(
+                f"the {environment} database is at revision {', '.join(unknown)}, which no "
+                "revision file of this project defines (a file deleted or renamed, another "
+                "branch checked out?): restore it first; nothing was changed"
+            )
+
     def revision(self, revision_id: str) -> Revision | None:
         return self._by_id.get(revision_id)
 
