@@ -20,6 +20,7 @@ The insert SQL of each layout is built once; a step's row costs what it did befo
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -40,9 +41,11 @@ MIGRATION, ROLLBACK, STAMP, VERIFY = "migration", "rollback", "stamp", "verify"
 BASELINE = "baseline"
 UPGRADE, DOWNGRADE = "upgrade", "downgrade"
 
-# The layout of this project's tables in this release. A release that changes a table
-# adds its columns to the definition (nullable: old rows have no value) and raises the
-# number; ensure_table adds what a database lacks and re-marks the table.
+# The layout of this project's tables in this release. A release that only adds nullable
+# columns keeps the number: ensure_table adds what a database lacks (rows untouched, old
+# rows null there), and an older release still reads and writes the table, leaving them
+# null. The number rises when an older release could no longer use the table correctly:
+# it then refuses the table instead of writing rows this release would misread.
 LAYOUT_VERSION = catalog.LAYOUT_VERSION
 OWN, AUDIT_ALEMBIC = "own", "audit-alembic"
 # Audit-Alembic's direction for a row that has none (verify, baseline): its column is
@@ -67,6 +70,9 @@ class AuditRow:
     run_id: str | None = None
     duration_ms: float | None = None
     error: str | None = None
+    # {rule: reason} of the revision's own squawk_ignore (lint.py), for an upgrade step: why
+    # it was let through lint. Added after layout 1 (jsonb, null in older rows).
+    squawk_ignore: dict[str, str] | None = None
     message: str | None = None  # the revision's message; shown, not stored
     sql: list[str] | None = None  # the statements the step ran; shown, not stored
     id: int | None = None
@@ -81,6 +87,8 @@ class AuditRow:
 @cache
 def audit_table(schema: str) -> sa.Table:
     """The table's definition in ``schema`` (one MetaData each: the schema is configurable)."""
+    from sqlalchemy.dialects.postgresql import JSONB
+
     return sa.Table(
         TABLE_NAME,
         sa.MetaData(),
@@ -101,6 +109,7 @@ def audit_table(schema: str) -> sa.Table:
         sa.Column("duration_ms", sa.Float),
         sa.Column("success", sa.Boolean, nullable=False),
         sa.Column("error", sa.Text),
+        sa.Column("squawk_ignore", JSONB),
         sa.Index(f"ix_{TABLE_NAME}_schema_version", "schema_name", "alembic_version"),
         schema=schema,
     )
@@ -441,6 +450,8 @@ def _values(row: AuditRow, prefix: str = "") -> dict:
     values = {}
     for name in _STORED:
         value = getattr(row, name)
+        if isinstance(value, dict):  # jsonb, sent as text: PostgreSQL casts the literal
+            value = json.dumps(value, sort_keys=True)
         values[f"{prefix}{name}"] = printable(value) if isinstance(value, str) else value
     return values
 
@@ -496,6 +507,7 @@ def insert_row(conn: sa.Connection, layout: Layout | str, row: AuditRow) -> Audi
 # --- reading -------------------------------------------------------------------------------
 
 _TYPES: dict[str, Any] = {
+    "squawk_ignore": sa.JSON,
     "id": sa.BigInteger,
     "changed_at": sa.DateTime(timezone=True),
     "duration_ms": sa.Float,

@@ -210,6 +210,18 @@ def _alembic_config(
     return config
 
 
+def offline_config(project: MigrationProject, environment: str, output: io.StringIO) -> Config:
+    """A Config that renders SQL offline (``command.upgrade(config, ..., sql=True)``) into
+    ``output``: no connection, no lock, no audit row (plan and lint)."""
+    return _alembic_config(project, environment, None, output=output)
+
+
+def select_schemas(project: MigrationProject, schemas: list[str] | None) -> list[str]:
+    """The schemas named (each checked: an unknown one is a ConfigurationError), in
+    dependency order; every schema when none is named."""
+    return _schemas(project, schemas)
+
+
 def _db_heads(conn: sa.Connection) -> tuple[str, ...]:
     heads = MigrationContext.configure(conn).get_current_heads()
     conn.commit()  # leave no transaction open: Alembic must begin its own per step
@@ -284,7 +296,7 @@ def plan(
         # revisions (planned separately, in order) are not rendered twice.
         start = st.current or (first.depends_on[-1] if first.depends_on else "base")
         output = io.StringIO()
-        config = _alembic_config(project, environment, None, output=output)
+        config = offline_config(project, environment, output)
         try:
             command.upgrade(config, f"{start}:{st.head}", sql=True)
         except Exception as exc:  # a revision that cannot run offline (reads data, raises)
@@ -314,20 +326,6 @@ def _upgrade_targets(
             f"revision {to} belongs to schema {revision.schema!r}, not {', '.join(schemas)}"
         )
     return [revision.revision]
-
-
-def _run(
-    project: MigrationProject,
-    environment: str,
-    operation: str,
-    steps: Callable[[Config], None],
-    *,
-    run_id: str | None,
-    on_step: StepCallback | None,
-    database: str | None = None,
-) -> RunResult:
-    with connect(project, environment, database) as (conn, url):
-        return _run_on(conn, url, project, environment, operation, steps, run_id, on_step)
 
 
 def _run_on(
@@ -381,10 +379,14 @@ def upgrade(
     run_id: str | None = None,
     on_step: StepCallback | None = None,
     database: str | None = None,
+    check_lint: bool = True,
 ) -> RunResult:
     """Upgrade the schemas (default all) to head, or everything needed to reach ``to``.
 
     ``database`` migrates another database on the environment's server (a fleet target).
+    Before any SQL runs, the revisions it would apply are linted under the environment's
+    rules (lint.LintRefused when one has a finding they make an error); ``check_lint=False``
+    for a caller that linted them already (promotion.upgrade).
     """
     targets = _upgrade_targets(project, schemas, to)
 
@@ -392,9 +394,37 @@ def upgrade(
         for target in targets:
             command.upgrade(config, target)
 
-    return _run(
-        project, environment, "upgrade", steps, run_id=run_id, on_step=on_step, database=database
-    )
+    with connect(project, environment, database) as (conn, url):
+        if check_lint:
+            _lint_gate(project, environment, conn, targets)
+        return _run_on(conn, url, project, environment, "upgrade", steps, run_id, on_step)
+
+
+def _lint_gate(
+    project: MigrationProject, environment: str, conn: sa.Connection, targets: list[str]
+) -> None:
+    from orchestration import lint  # lint renders SQL through this module
+
+    if lint.may_refuse(project, environment):  # else: no read, no squawk run
+        heads = _db_heads(conn)
+        project.check_known(heads, environment)
+        lint.gate(project, environment, project.applied(heads), targets)
+
+
+def lint_gate(
+    project: MigrationProject,
+    environment: str,
+    targets: list[str],
+    *,
+    database: str | None = None,
+) -> None:
+    """Refuse (lint.LintRefused) an upgrade to ``targets`` (revision ids) whose revisions
+    have a finding that the environment's rules make an error, before any SQL runs."""
+    from orchestration import lint
+
+    if targets and lint.may_refuse(project, environment):
+        with connect(project, environment, database) as (conn, _):
+            _lint_gate(project, environment, conn, targets)
 
 
 def _kept(project: MigrationProject, st: SchemaStatus, to: str) -> int:

@@ -13,6 +13,7 @@ never reported: only statements that the revision's own code emits are.
 from __future__ import annotations
 
 import ast
+import functools
 import io
 import json
 import re
@@ -27,7 +28,7 @@ from types import FrameType
 
 from alembic import command
 
-from orchestration import engine
+from orchestration import audit, engine
 from orchestration.errors import ConfigurationError, MigrationError
 from orchestration.revisions import MigrationProject, Revision
 from orchestration.settings import parse_duration
@@ -312,7 +313,7 @@ def _start(project: MigrationProject, revision: Revision) -> str:
 def render(project: MigrationProject, environment: str, revision: Revision) -> list[_Piece]:
     """The offline SQL of one revision, write by write, from the BEGIN of its transaction."""
     recorder = _Recorder(revision.path)
-    config = engine._alembic_config(project, environment, None, output=recorder)
+    config = engine.offline_config(project, environment, recorder)
     target = f"{_start(project, revision)}:{revision.revision}"
     try:
         command.upgrade(config, target, sql=True)
@@ -485,8 +486,103 @@ def lint(
     that), or every revision with ``all_revisions`` (no database needed)."""
     require_squawk()  # before connecting: a missing linter is one line, nothing else
     if all_revisions:
-        selected = engine._schemas(project, schemas)
+        selected = engine.select_schemas(project, schemas)
         revisions = [r for schema in selected for r in project.revisions(schema)]
     else:
         revisions = [r for st in engine.status(project, environment, schemas) for r in st.pending]
     return lint_revisions(project, environment, revisions, all_revisions=all_revisions)
+
+
+# --- the gate: an upgrade refused before any SQL runs ----------------------------------------
+
+
+class LintRefused(MigrationError):
+    """An upgrade refused before any SQL ran: a revision it would apply has a finding that
+    the environment's rules make an error (exit 1, like ``migrate lint``). The message's
+    first line is the first such finding."""
+
+    def __init__(self, result: LintResult):
+        self.result = result
+        super().__init__(refusal(result))
+
+
+def finding_line(revision: Revision, finding: LintFinding) -> str:
+    """One finding on one line: where, which rule, what squawk says, and the statement."""
+    statement = " ".join((finding.excerpt or finding.statement).split())
+    return (
+        f"{revision.schema} {revision.revision} ({revision.path.name}): {finding.rule}: "
+        f"{finding.message} (statement: {statement})"
+    )
+
+
+def refusal(result: LintResult) -> str:
+    errors = result.findings("error")
+    env = result.environment
+    lines = [finding_line(r, f) for r, f in errors]
+    lines.append(
+        f"{env}: upgrade refused by lint before any SQL ran: {len(errors)} finding(s) that "
+        f"{env}'s [lint] rules make errors (`migrate lint --env {env}` lists them; a "
+        f'revision silences a rule for itself with squawk_ignore = {{"<rule>": "<reason>"}}, '
+        f"migrate.toml [lint.environments.{env}] changes its level)"
+    )
+    return "\n".join(lines)
+
+
+def may_refuse(project: MigrationProject, environment: str) -> bool:
+    """Whether any rule can be an error in ``environment``: when none can, the gate lints
+    nothing (no squawk run, no database read) and shows nothing."""
+    rules = rules_for(project, environment)
+    if rules.default == "error":
+        return True
+    return any(s == "error" for n, s in rules.named.items() if n not in rules.satisfied)
+
+
+def to_apply(
+    project: MigrationProject, applied: set[str], targets: Sequence[str]
+) -> list[Revision]:
+    """The revisions an upgrade to ``targets`` (revision ids, or ``heads``) applies in a
+    database where ``applied`` are: the targets and everything below them (down_revision
+    and depends_on), not yet applied, in dependency order."""
+    if "heads" in targets:
+        targets = [h for s in project.schemas if (h := project.head(s)) is not None]
+    wanted = project.applied(list(targets)) - applied
+    return [r for s in project.schemas for r in project.revisions(s) if r.revision in wanted]
+
+
+def gate(
+    project: MigrationProject, environment: str, applied: set[str], targets: Sequence[str]
+) -> LintResult | None:
+    """Lint what an upgrade to ``targets`` would apply under ``environment``'s rules;
+    raise LintRefused when a finding is an error there. None when nothing was linted (no
+    rule of the environment is an error, or nothing to apply)."""
+    if not may_refuse(project, environment):
+        return None
+    revisions = to_apply(project, applied, targets)
+    if not revisions:
+        return None
+    result = lint_revisions(project, environment, revisions)
+    if not result.ok:
+        raise LintRefused(result)
+    return result
+
+
+# --- what the audit row keeps ------------------------------------------------------------------
+
+
+def declared_ignores(revision: Revision) -> dict[str, str] | None:
+    """The revision's own squawk_ignore as its audit row keeps it (``squawk_ignore``
+    column): {rule: reason}, None when it declares none. A declaration lint would refuse
+    (no reason, not a literal dict) is kept as None: lint says so where it runs."""
+    return _declared(revision.path, revision.checksum)
+
+
+@functools.lru_cache(maxsize=4096)
+def _declared(path: Path, checksum: str) -> dict[str, str] | None:
+    # Keyed by checksum: a file is read once per content, whatever the number of steps.
+    try:
+        if IGNORE_VARIABLE.encode() not in path.read_bytes():
+            return None  # most revisions: no parse at all
+        found = read_ignores(path)
+    except (OSError, ConfigurationError):
+        return None
+    return {audit.printable(k): audit.printable(v) for k, v in found.items()} or None

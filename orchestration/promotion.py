@@ -266,8 +266,13 @@ def upgrade(
 ) -> tuple[engine.RunResult, list[Promotion]]:
     """Upgrade each schema as far as promotion allows (see ``plan``): nothing to do is a
     success with no steps. ``on_plan`` hears each schema's decision before its steps.
-    Stops at the first schema whose upgrade fails."""
+    Stops at the first schema whose upgrade fails.
+
+    Before any schema moves, everything the upgrade would apply is linted under the
+    environment's rules: a finding they make an error refuses the whole upgrade
+    (lint.LintRefused, its first line the finding), no SQL run, no audit row written."""
     promotions = plan(project, environment, schemas)
+    engine.lint_gate(project, environment, [p.upgrade_to for p in promotions if p.upgrade_to])
     result = engine.RunResult(environment, "upgrade")
     for p in promotions:
         if on_plan is not None:
@@ -281,6 +286,7 @@ def upgrade(
             to=None if p.to_head else p.upgrade_to,
             run_id=run_id,
             on_step=on_step,
+            check_lint=False,  # linted above, every schema at once
         )
         result.steps.extend(done.steps)
         result.warnings.extend(done.warnings)

@@ -300,6 +300,11 @@ class StepRecorder:
         else:
             operation = audit.MIGRATION if info.is_upgrade else audit.ROLLBACK
             down = ",".join(revision.down_revisions) or None
+        ignored = None
+        if operation == audit.MIGRATION:  # lint reads a revision's upgrade only
+            from orchestration import lint  # the revision's squawk_ignore, read as text
+
+            ignored = lint.declared_ignores(revision)
         new, prev = (revision.revision, down) if info.is_upgrade else (down, revision.revision)
         return audit.AuditRow(
             operation=operation,
@@ -315,6 +320,7 @@ class StepRecorder:
             run_id=self.run_id,
             duration_ms=round((time.perf_counter() - self.started) * 1000, 3),
             error=error,
+            squawk_ignore=ignored,
             message=revision.message,
             sql=list(self.statements),
         )
