@@ -5,17 +5,20 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import heapq
+import importlib.util
+import re
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from types import ModuleType
-
-from alembic.script import Script
-from alembic.util.pyfiles import load_python_file
+from typing import TYPE_CHECKING
 
 from orchestration import scan
 from orchestration.errors import ConfigurationError
 from orchestration.settings import ProjectSettings
+
+if TYPE_CHECKING:  # Alembic is imported only by those who run it
+    from alembic.script import Script
 
 
 def file_checksum(path: str | Path) -> str:
@@ -292,8 +295,16 @@ class MigrationProject:
         raise ConfigurationError(f"unknown revision {revision_ref!r}: {why}")
 
     def module(self, revision: Revision) -> ModuleType:
-        """Import one revision module (for its verify hook), as Alembic would."""
-        return load_python_file(str(revision.path.parent), revision.path.name)
+        """Import one revision module (for its verify hook) as Alembic's loader does: from
+        its file, under the file name as module name, not entered in sys.modules. Through
+        importlib directly: Alembic's loader (alembic.util.pyfiles) is not public API."""
+        name = re.sub(r"\W", "_", revision.path.name)
+        spec = importlib.util.spec_from_file_location(name, revision.path)
+        if spec is None or spec.loader is None:
+            raise ImportError(f"cannot import {revision.path}")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
 
 
 def _check_folders_listed(settings: ProjectSettings) -> None:

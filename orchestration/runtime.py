@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import getpass
 import socket
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from typing import Any
 
@@ -215,15 +215,16 @@ def _run_online(
             for callback in callbacks:
                 callback(ctx=ctx, step=step, heads=heads, run_args=run_args)
 
+        # Alembic calls on_version_apply only for steps that succeed; knowing the step that
+        # runs is what lets a failed one be audited too.
+        steps = tracked_steps(context, recorder)
         context.configure(
             connection=connection,
             transaction_per_migration=True,
             on_version_apply=on_version_apply,
+            fn=steps,
             **theirs,
         )
-        # Alembic calls on_version_apply only for steps that succeed; knowing the step that
-        # runs is what lets a failed one be audited too.
-        track_steps(context.get_context(), recorder)
         if in_transaction and rehearsal is None:
             refuse_autocommit_blocks(context.get_context(), recorder)
         before, after = recorder.before_cursor_execute, recorder.after_cursor_execute
@@ -278,16 +279,22 @@ def refuse_autocommit_blocks(migration_context: MigrationContext, recorder: Step
     migration_context.autocommit_block = refused  # type: ignore[method-assign]
 
 
-def track_steps(migration_context: MigrationContext, recorder: StepRecorder) -> None:
-    """Wrap the step generator Alembic's command gave the MigrationContext.
+def tracked_steps(context: EnvironmentContext, recorder: StepRecorder) -> Callable[..., Any]:
+    """The command's step generator, wrapped to know which step runs and since when.
 
-    The one private attribute this project uses: env.py cannot reach the command's ``fn``
-    otherwise (the ``alembic.context`` proxy exposes methods only). tests/test_engine.py
-    ``test_alembic_still_carries_the_step_generator`` fails first if Alembic renames it.
+    Alembic's command hands it to EnvironmentContext as the ``fn`` option and
+    ``configure(**kw)`` passes options on to the MigrationContext, whose public ``opts``
+    show them. env.py sees EnvironmentContext only through the ``alembic.context`` proxy
+    (methods only), so a throwaway configure (dialect only: no connection, no statement)
+    reads ``fn`` and the real configure hands the wrapper back as ``fn=``: no private
+    attribute. The steps it yields are Alembic's RevisionStep/StampStep; their ``info``
+    (MigrationInfo) is what is read. tests/test_engine.py
+    ``test_alembic_still_hands_env_py_the_step_generator`` fails first if this changes.
     """
-    steps = migration_context._migrations_fn
-    assert steps is not None, "Alembic no longer keeps the command's step generator"
-    migration_context._migrations_fn = recorder.track(steps)
+    context.configure(dialect_name="postgresql")
+    steps = context.get_context().opts.get("fn")
+    assert callable(steps), "Alembic no longer hands env.py the command's step generator"
+    return recorder.track(steps)
 
 
 def run_migrations_offline(context: EnvironmentContext, **options: Any) -> None:

@@ -7,7 +7,9 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
+import dagster as dg
 import pytest
 import yaml
 from conftest import REPO
@@ -78,26 +80,36 @@ def test_env_example_defines_every_variable_compose_interpolates():
     assert ".env" in (REPO / ".gitignore").read_text().splitlines()
 
 
-def test_the_instance_files_are_valid_for_dagster(tmp_path):
-    from dagster._core.instance.config import dagster_instance_config
+def _instance(folder: Path, file: str, tmp_path: Path) -> dg.DagsterInstance:
+    """Dagster's own loader (it validates the file), from a copy named dagster.yaml."""
+    home = tmp_path / folder.name / file
+    home.mkdir(parents=True)
+    shutil.copy(folder / file, home / "dagster.yaml")
+    return dg.DagsterInstance.from_config(str(home))
 
-    dagster_instance_config(str(REPO), "dagster.yaml")  # raises when invalid
+
+def test_the_instance_files_are_valid_for_dagster(tmp_path, databases, monkeypatch):
+    with _instance(REPO, "dagster.yaml", tmp_path) as instance:  # raises when invalid
+        assert instance.get_concurrency_config().pool_config.default_pool_limit == 1
     # The image's instance: the project's settings with PostgreSQL storage, kept equal to
-    # what `migrate ui` writes into DAGSTER_HOME.
+    # what `migrate ui` writes into DAGSTER_HOME; opened for real on a fresh database.
     image = yaml.safe_load((REPO / "deploy/dagster.instance.yaml").read_text())
     assert image == launcher.instance_config(REPO / "dagster.yaml")
-    config, _ = dagster_instance_config(str(REPO / "deploy"), "dagster.instance.yaml")
-    assert config["storage"]["postgres"]["postgres_url"] == {"env": launcher.STORAGE_ENV}
-    assert config["concurrency"]["pools"]["default_limit"] == 1
+    assert image["storage"]["postgres"]["postgres_url"] == {"env": launcher.STORAGE_ENV}
+    monkeypatch.setenv(launcher.STORAGE_ENV, databases.create("dagster").render_as_string(False))
+    with _instance(REPO / "deploy", "dagster.instance.yaml", tmp_path) as instance:
+        assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+        assert instance.get_concurrency_config().pool_config.default_pool_limit == 1
     assert "dagster.instance.yaml ${DAGSTER_HOME}/dagster.yaml" in (REPO / "Dockerfile").read_text()
     k8s = yaml.safe_load((REPO / "deploy/dagster.k8s.yaml").read_text())
-    assert k8s["storage"] == config["storage"]
+    assert k8s["storage"] == image["storage"]
     assert k8s["run_launcher"]["class"] == "K8sRunLauncher"
-    # the k8s launcher's module is not installed here: validate the rest of the file
-    (tmp_path / "dagster.yaml").write_text(
-        yaml.safe_dump({k: v for k, v in k8s.items() if k != "run_launcher"})
+    # the k8s launcher's module is not installed here: load the rest of the file
+    (tmp_path / "k8s").mkdir()
+    (tmp_path / "k8s" / "dagster.yaml").write_text(
+        yaml.safe_dump({k: v for k, v in k8s.items() if k not in ("run_launcher", "storage")})
     )
-    dagster_instance_config(str(tmp_path), "dagster.yaml")
+    dg.DagsterInstance.from_config(str(tmp_path / "k8s")).dispose()
 
 
 def test_docker_compose_config_parses():

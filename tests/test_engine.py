@@ -369,12 +369,38 @@ def test_an_audit_schema_of_its_own_gets_every_row(workspace: Workspace):
     assert workspace.audit() == []  # nothing in public
 
 
-def test_alembic_still_carries_the_step_generator(workspace: Workspace):
-    """runtime.track_steps wraps MigrationContext._migrations_fn, the one private attribute
-    the project relies on (failed steps are audited through it): fail loudly if it goes."""
-    from alembic.runtime.migration import MigrationContext
+def test_alembic_still_hands_env_py_the_step_generator(workspace: Workspace):
+    """runtime.tracked_steps reads the command's ``fn`` through the proxy env.py sees and
+    hands a wrapper back through ``configure(fn=...)`` (failed steps are audited through
+    it): fail loudly if Alembic stops routing either way."""
+    import io
 
-    context = MigrationContext.configure(
-        dialect_name="postgresql", opts={"fn": lambda heads, ctx: iter(())}
-    )
-    assert callable(context._migrations_fn)
+    from alembic import context
+    from alembic.config import Config
+    from alembic.runtime.environment import EnvironmentContext
+    from alembic.script import ScriptDirectory
+
+    from orchestration.runtime import tracked_steps
+
+    seen: list[str] = []
+
+    def commands_fn(heads, ctx):
+        seen.append("alembic's")
+        return iter(())
+
+    class Recorder:
+        def track(self, fn):
+            def tracked(heads, ctx):
+                seen.append("ours")
+                return fn(heads, ctx)
+
+            return tracked
+
+    config = Config(str(workspace.ini))
+    with EnvironmentContext(config, ScriptDirectory.from_config(config), fn=commands_fn):
+        wrapper = tracked_steps(context, Recorder())  # type: ignore[arg-type]
+        context.configure(
+            dialect_name="postgresql", as_sql=True, output_buffer=io.StringIO(), fn=wrapper
+        )
+        context.run_migrations()
+    assert seen == ["ours", "alembic's"]

@@ -133,16 +133,15 @@ def test_batches_one_step_by_default_or_n_targets_per_step():
 
 
 def test_fleet_steps_run_in_process_unless_run_config_picks_multiprocess(workspace: Workspace):
-    from dagster._core.system_config.objects import ResolvedRunConfig
-
     job = build_definitions(str(workspace.ini)).resolve_job_def("fleet_dev")
     ops = {"ops": {"fleet_targets_dev": {"config": {"processes": 3, "targets_per_step": 5}}}}
-    default = ResolvedRunConfig.build(job, ops).execution.execution_engine_config
-    assert set(default) == {"in_process"}
-    chosen = {**ops, "execution": {"config": {"multiprocess": {}}}}
-    assert set(ResolvedRunConfig.build(job, chosen).execution.execution_engine_config) == {
-        "multiprocess"
-    }
+
+    def engine(run_config: dict) -> set[str]:
+        (executor,) = dg.validate_run_config(job, run_config)["execution"].values()
+        return set(executor)
+
+    assert engine(ops) == {"in_process"}
+    assert engine({**ops, "execution": {"config": {"multiprocess": {}}}}) == {"multiprocess"}
 
 
 def test_the_pool_runs_every_target_and_stopping_it_starts_no_new_one(

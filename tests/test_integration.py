@@ -14,6 +14,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+import yaml
 from conftest import (
     ECOMMERCE_HEAD,
     ENV_URL_VARS,
@@ -274,18 +275,24 @@ def test_dagster_dev_serves_the_code_location_with_no_variable(workspace: Worksp
 
 
 def test_the_project_instance_file_needs_no_variable_and_migrate_ui_adds_postgres(
-    workspace: Workspace, tmp_path: Path
+    workspace: Workspace, tmp_path: Path, databases, monkeypatch
 ):
-    from dagster._core.instance.config import dagster_instance_config
-
-    config, _ = dagster_instance_config(str(REPO), "dagster.yaml")  # raises when invalid
+    monkeypatch.delenv(launcher.STORAGE_ENV, raising=False)
+    config = yaml.safe_load((REPO / "dagster.yaml").read_text())
     assert "storage" not in config
-    assert config["concurrency"]["pools"]["default_limit"] == 1
+    local = tmp_path / "local"
+    local.mkdir()
+    shutil.copy(REPO / "dagster.yaml", local / "dagster.yaml")
+    with dg.DagsterInstance.from_config(str(local)) as instance:  # Dagster's loader validates
+        assert instance.get_concurrency_config().pool_config.default_pool_limit == 1
 
     home = launcher.prepare_dagster_home(workspace.project().settings, tmp_path / "home")
-    prepared, _ = dagster_instance_config(str(home), "dagster.yaml")
+    prepared = yaml.safe_load((home / "dagster.yaml").read_text())
     assert prepared["storage"] == {"postgres": {"postgres_url": {"env": launcher.STORAGE_ENV}}}
     assert {k: v for k, v in prepared.items() if k != "storage"} == config
+    monkeypatch.setenv(launcher.STORAGE_ENV, databases.create("dagster").render_as_string(False))
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        assert type(instance.run_storage).__name__ == "PostgresRunStorage"
 
 
 # --- the translator: one get_asset_spec, every selection built from its specs -------------
