@@ -317,3 +317,193 @@ def test_bad_lint_configuration_is_one_line_exit_2(workspace: Workspace, capsys,
     edit_toml(workspace, old, new)
     code, out, err = run(capsys, "lint", "--env", "prod", "--all")
     assert code == 2 and out == "" and err.count("\n") == 1 and why in err, err
+
+
+# --- the gate: promotion refused before any SQL runs ---------------------------------------
+
+
+def untouched(workspace: Workspace, env: str) -> bool:
+    """Nothing of the pipeline's in that database: no version table, no audit table, no
+    schema of the project (the refusal came before any SQL, and wrote no audit row)."""
+    found = workspace.scalar(
+        "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')",
+        env,
+    )
+    return found == 0
+
+
+def promote_dev(workspace: Workspace, capsys: pytest.CaptureFixture) -> None:
+    """dev at head and verified: what staging's promotion carries."""
+    code, out, err = run(capsys, "upgrade", "--env", "dev")
+    assert code == 0, out + err
+    code, out, err = run(capsys, "verify", "--env", "dev")
+    assert code == 0, out + err
+
+
+@pytest.mark.parametrize("case", [INDEX, TYPE_CHANGE, NOT_NULL], ids=lambda c: c[2])
+def test_promotion_is_refused_with_the_finding_first(workspace: Workspace, capsys, case):
+    revision, upgrade, rule, sql = case
+    add(workspace, revision, upgrade)
+    promote_dev(workspace, capsys)  # dev's rules make it a warning: applied there
+    assert revision in workspace.version_heads("dev")
+
+    for args in (("upgrade", "--env", "staging"), ("upgrade", "--env", "staging", "--json")):
+        code, out, err = run(capsys, *args)
+        assert code == 1 and out == "", out + err
+        first = err.splitlines()[0]
+        assert first.startswith(
+            f"migrate: failed: ecommerce {revision} (2024_03_01_0900-{revision}_lint.py): {rule}: "
+        ), err
+        assert f"(statement: {sql}" in first
+        assert err.splitlines()[-1].startswith(
+            "staging: upgrade refused by lint before any SQL ran: 1 finding(s)"
+        )
+        assert untouched(workspace, "staging")
+
+    # --to names the revision: the same gate (engine.upgrade); the example before it passes.
+    code, _, err = run(capsys, "upgrade", "--env", "staging", "--to", revision)
+    assert code == 1 and err.startswith(f"migrate: failed: ecommerce {revision} ")
+    assert untouched(workspace, "staging")
+    code, _, err = run(capsys, "upgrade", "--env", "staging", "--to", ECOMMERCE_HEAD)
+    assert code == 0, err
+    assert workspace.version_heads("staging") == {ECOMMERCE_HEAD}
+    assert revision not in {r.alembic_version for r in workspace.audit("staging")}
+
+
+def test_a_clean_revision_is_promoted(workspace: Workspace, capsys):
+    add(workspace, *CLEAN)
+    promote_dev(workspace, capsys)
+    code, out, err = run(capsys, "upgrade", "--env", "staging")
+    assert code == 0, out + err
+    assert CLEAN[0] in workspace.version_heads("staging")
+    assert "note" in {c["name"] for c in sa_columns(workspace, "orders", "staging")}
+
+
+def sa_columns(workspace: Workspace, table: str, env: str) -> list[dict]:
+    import sqlalchemy as sa
+
+    with workspace.connect(env) as conn:
+        return sa.inspect(conn).get_columns(table, schema="ecommerce")
+
+
+def test_the_first_environment_is_gated_when_its_rules_say_error(workspace: Workspace, capsys):
+    """Whatever `migrate lint --env E` exits 1 for, `migrate upgrade --env E` refuses: dev
+    too, once its rules make a finding an error (shipped: only warnings in dev)."""
+    add(workspace, *INDEX[:2])
+    edit_toml(workspace, 'default = "warning"\n', f'default = "warning"\n"{INDEX[2]}" = "error"\n')
+    assert run(capsys, "lint", "--env", "dev")[0] == 1
+    code, out, err = run(capsys, "upgrade", "--env", "dev")
+    assert code == 1 and out == ""
+    assert err.startswith(f"migrate: failed: ecommerce {INDEX[0]} (") and INDEX[2] in err
+    assert untouched(workspace, "dev")
+    # Only what the upgrade applies is linted: the examples before it go through.
+    code, _, err = run(capsys, "upgrade", "--env", "dev", "--to", ECOMMERCE_HEAD)
+    assert code == 0, err
+
+
+def test_the_reason_of_a_silenced_rule_is_kept_in_the_audit_row(workspace: Workspace, capsys):
+    reason = "orders has 10 rows in every environment"
+    add(workspace, *INDEX[:2], header=f'squawk_ignore = {{"{INDEX[2]}": "{reason}"}}')
+    promote_dev(workspace, capsys)
+    code, out, err = run(capsys, "upgrade", "--env", "staging")  # silenced: not refused
+    assert code == 0, out + err
+    for env in ("dev", "staging"):
+        rows = workspace.audit(env)
+        mine = [r for r in rows if r.alembic_version == INDEX[0] and r.operation == "migration"]
+        assert [r.squawk_ignore for r in mine] == [{INDEX[2]: reason}], env
+        assert all(r.squawk_ignore is None for r in rows if r not in mine)
+    # ... and read back through the engine (and `migrate audit --json`).
+    code, data = run_json(capsys, "audit", "--env", "staging")
+    assert code == 0
+    [row] = [r for r in data["rows"] if r["alembic_version"] == INDEX[0]]
+    assert row["squawk_ignore"] == {INDEX[2]: reason}
+
+
+# Release 1's alembic_version_history (layout 1, before the squawk_ignore column), as it
+# created the table.
+LAYOUT_1 = """
+CREATE TABLE public.alembic_version_history (
+    id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
+    alembic_version VARCHAR(255), prev_alembic_version VARCHAR(255),
+    operation VARCHAR(16) NOT NULL, operation_direction VARCHAR(16),
+    user_version VARCHAR(255), changed_at TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT now(),
+    schema_name VARCHAR(63), environment VARCHAR(63), revision_checksum VARCHAR(64),
+    executed_by VARCHAR(255), run_id VARCHAR(64), duration_ms FLOAT,
+    success BOOLEAN NOT NULL, error TEXT);
+CREATE INDEX ix_alembic_version_history_schema_version
+    ON public.alembic_version_history (schema_name, alembic_version);
+COMMENT ON TABLE public.alembic_version_history IS 'migrate layout 1 own';
+INSERT INTO public.alembic_version_history (operation, schema_name, environment, success)
+    VALUES ('verify', 'ecommerce', 'dev', true);
+"""
+
+
+def _make_audit_alembic_table(workspace: Workspace) -> None:
+    """Audit-Alembic 0.2's own table (its Auditor's definition), with a row it wrote."""
+    import audit_alembic
+
+    with workspace.connect() as conn:
+        audit_alembic.Auditor.create("app-1").table.create(conn)
+        conn.exec_driver_sql(
+            "INSERT INTO alembic_version_history (alembic_version, prev_alembic_version, "
+            "operation_type, operation_direction, user_version, changed_at) "
+            "VALUES ('0001', '', 'migration', 'up', 'app-1', now() AT TIME ZONE 'UTC')"
+        )
+        conn.commit()
+
+
+def _column_type(workspace: Workspace, column: str) -> object:
+    return workspace.scalar(
+        "SELECT data_type FROM information_schema.columns WHERE table_schema = 'public' "
+        "AND table_name = 'alembic_version_history' AND column_name = :c",
+        c=column,
+    )
+
+
+@pytest.mark.parametrize("older", ["layout-1", "audit-alembic"])
+def test_an_older_audit_table_gets_the_column_in_place(workspace: Workspace, capsys, older):
+    if older == "layout-1":
+        with workspace.connect() as conn:
+            conn.exec_driver_sql(LAYOUT_1)
+            conn.commit()
+    else:
+        _make_audit_alembic_table(workspace)
+    before = [r._asdict() for r in workspace.audit()]
+    assert len(before) == 1 and _column_type(workspace, "squawk_ignore") is None
+    # Read before any upgrade (migrate audit changes nothing): the column reads as null.
+    code, data = run_json(capsys, "audit", "--env", "dev")
+    assert code == 0 and [r["squawk_ignore"] for r in data["rows"]] == [None]
+    assert _column_type(workspace, "squawk_ignore") is None
+
+    reason = "orders is tiny"
+    add(workspace, *INDEX[:2], header=f'squawk_ignore = {{"{INDEX[2]}": "{reason}"}}')
+    code, out, err = run(capsys, "upgrade", "--env", "dev")
+    assert code == 0, out + err
+
+    assert _column_type(workspace, "squawk_ignore") == "jsonb"
+    rows = workspace.audit()
+    # Its rows untouched; the columns added (squawk_ignore, and ours next to
+    # Audit-Alembic's) null in them.
+    old, now = before[0], rows[0]._asdict()
+    assert {k: v for k, v in now.items() if k in old} == old
+    assert "squawk_ignore" in set(now) - set(old)
+    assert all(v is None for k, v in now.items() if k not in old)
+    [mine] = [r for r in rows if r.alembic_version == INDEX[0]]
+    assert mine.squawk_ignore == {INDEX[2]: reason}
+    assert sum(r.squawk_ignore is not None for r in rows) == 1
+    expected = "migrate layout 1 own" if older == "layout-1" else "migrate layout 1 audit-alembic"
+    assert (
+        workspace.scalar(
+            "SELECT obj_description('public.alembic_version_history'::regclass, 'pg_class')"
+        )
+        == expected
+    )
+    if older == "audit-alembic":  # its own columns filled in its conventions, too
+        assert (
+            workspace.scalar(
+                "SELECT operation_direction FROM alembic_version_history WHERE alembic_version = :v",
+                v=INDEX[0],
+            )
+            == "up"
+        )
