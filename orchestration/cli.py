@@ -19,14 +19,25 @@ import threading
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO, Any, NoReturn
+from typing import IO, TYPE_CHECKING, Any, NoReturn
 
-from sqlalchemy.engine import URL
-
-from orchestration import audit, embedded, engine, launcher, promotion, targets, urls
+from orchestration import fastpath
 from orchestration.errors import ConfigurationError, MigrationError
 from orchestration.revisions import MigrationProject
 from orchestration.settings import ProjectSettings, load_settings
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
+
+    from orchestration import audit, embedded, engine, launcher, promotion, targets, urls
+
+
+def _import_engine() -> None:
+    """The engine (Alembic, SQLAlchemy), imported once the fast path has not answered:
+    `migrate status` and a no-op upgrade answer without it (fastpath.py)."""
+    global audit, embedded, engine, launcher, promotion, targets, urls
+    from orchestration import audit, embedded, engine, launcher, promotion, targets, urls
+
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -123,11 +134,15 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
+def _with_target(data: dict[str, Any], shown: str, embedded: bool) -> dict[str, Any]:
+    head = {k: data[k] for k in ("environment",) if k in data}
+    return {**head, "target": shown, "embedded": embedded, **data}
+
+
 def _print_json(data: dict[str, Any]) -> None:
     """The command's JSON document, with the target after "environment", passwords masked."""
     if _target.url is not None:
-        head = {k: data[k] for k in ("environment",) if k in data}
-        data = {**head, "target": _target.shown(), "embedded": _target.embedded, **data}
+        data = _with_target(data, str(_target.shown()), _target.embedded)
     print(json.dumps(urls.redact_data(data), indent=2, default=str))
 
 
@@ -169,21 +184,22 @@ def cmd_status(project: MigrationProject, args: argparse.Namespace) -> int:
     for warning in warnings:
         print(f"migrate: warning: {warning}", file=sys.stderr)
     if args.json:
-        _print_json(
-            {
-                "environment": args.env,
-                "schemas": [s.to_dict() for s in statuses],
-                "warnings": warnings,
-            }
-        )
+        _print_json(_status_document(args.env, statuses, warnings))
         return EXIT_OK
-    print(f"environment: {args.env}")
+    print(_status_text(args.env, statuses))
+    return EXIT_OK
+
+
+def _status_document(env: str, statuses: Sequence[Any], warnings: list[str]) -> dict[str, Any]:
+    return {"environment": env, "schemas": [s.to_dict() for s in statuses], "warnings": warnings}
+
+
+def _status_text(env: str, statuses: Sequence[Any]) -> str:
     rows = [
         (s.schema, _short(s.current), s.head, "yes" if s.at_head else f"{len(s.pending)} pending")
         for s in statuses
     ]
-    print(_table(("schema", "current", "head", "at head"), rows))
-    return EXIT_OK
+    return f"environment: {env}\n" + _table(("schema", "current", "head", "at head"), rows)
 
 
 def cmd_plan(project: MigrationProject, args: argparse.Namespace) -> int:
@@ -541,8 +557,22 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"migrate: error: {message} (see {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+class _NotFast(Exception):
+    """The fast path does not answer this command: the full path does."""
+
+
+class _QuietParser(_Parser):
+    """The fast path's parser: help, usage and errors are the full path's to print."""
+
+    def error(self, message: str) -> NoReturn:
+        raise _NotFast(message)
+
+    def _print_message(self, message: str, file: Any = None) -> None:
+        raise _NotFast(message)
+
+
+def build_parser(parser_class: type[_Parser] = _Parser) -> argparse.ArgumentParser:
+    parser = parser_class(
         prog="migrate",
         description=DESCRIPTION,
         epilog=EPILOG,
@@ -551,7 +581,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-c", "--config", help="path to alembic.ini (default: $ALEMBIC_CONFIG or ./alembic.ini)"
     )
-    common = _Parser(add_help=False)
+    common = parser_class(add_help=False)
     common.add_argument("--env", default="dev", help="environment from migrate.toml (default: dev)")
     common.add_argument(
         "--schema",
@@ -674,20 +704,30 @@ def _interrupted_by_sigterm(signum: int, frame: Any) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command. Everything it prints, on stdout and stderr, goes through
-    urls.redact; the first line of stdout names the target database."""
+    urls.redact (or, on the fast path, is text that redact leaves as it is); the first
+    line of stdout names the target database."""
     global _target
     _target = _Target()
     stdout, stderr = sys.stdout, sys.stderr
-    sys.stdout = _Output(stdout, first_line=lambda: _target.line())
-    sys.stderr = _Output(stderr)
-    token = engine.on_connect.set(lambda environment, url: _target(environment, url))
     # SIGTERM (a stopped container, a killed CI job) is an interrupt like Ctrl-C: the running
     # statement is cancelled and the step audited, instead of the process vanishing.
     terminate = signal.getsignal(signal.SIGTERM)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _interrupted_by_sigterm)
+    token = None
     try:
-        return _run(argv)
+        fast = _fast(argv, stdout, stderr)
+        if fast.code is not None:
+            return fast.code
+        _import_engine()
+        sys.stdout = _Output(stdout, first_line=lambda: _target.line())
+        sys.stderr = _Output(stderr)
+        token = engine.on_connect.set(lambda environment, url: _target(environment, url))
+        code = _run(argv)
+        if code == EXIT_OK and fast.settings is not None:
+            with contextlib.suppress(Exception):  # a cache: never fails a run that worked
+                fastpath.learn_audit_probe(fast.settings, fast.probe)
+        return code
     except BrokenPipeError:  # stdout's reader left (`migrate plan | head`): not an error
         # the interpreter's last flush of the closed pipe stays silent
         with contextlib.suppress(OSError, ValueError, AttributeError, io.UnsupportedOperation):
@@ -696,8 +736,94 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, terminate)
-        engine.on_connect.reset(token)
+        if token is not None:
+            engine.on_connect.reset(token)
         sys.stdout, sys.stderr = stdout, stderr
+
+
+class _FastAnswer:
+    """The fast path's outcome: an exit code (it answered), or what the full path may
+    teach it for next time (the settings and the audit tables' probe it saw)."""
+
+    def __init__(
+        self, code: int | None = None, settings: ProjectSettings | None = None, probe: Any = None
+    ):
+        self.code, self.settings, self.probe = code, settings, probe
+
+
+def _fast(argv: Sequence[str] | None, stdout: IO[str], stderr: IO[str]) -> _FastAnswer:
+    """`migrate status`, and `migrate upgrade` with nothing to do, from cached settings,
+    the scan cache and psycopg2 alone (fastpath.py); anything else is the full path's."""
+    try:
+        args = build_parser(_QuietParser).parse_args(argv)
+    except _NotFast:
+        return _FastAnswer()
+    upgrade = args.command == "upgrade"
+    if args.command != "status" and not upgrade:
+        return _FastAnswer()
+    cache = fastpath.cached(args.config)
+    if cache is None:
+        return _FastAnswer()
+    settings = cache.settings
+    names = settings.environment_names
+    # Head in the first environment, or --to head: later environments follow promotion.
+    if upgrade and not (args.to == "head" or (args.to is None and args.env == names[0])):
+        return _FastAnswer()
+    try:
+        if args.env not in names:
+            return _FastAnswer()
+        project = MigrationProject(settings)
+        schemas = fastpath.selected_schemas(project, args.schema)
+        where = fastpath.target(settings, args.env)
+        if where is None or (upgrade and cache.audit_probe is None):
+            return _FastAnswer(settings=settings if upgrade else None)
+        database = fastpath.read_database(
+            settings, where, probe=cache.audit_probe if upgrade else None, lock=upgrade
+        )
+    except fastpath.Unreachable as exc:
+        assert where is not None  # only a target is connected to
+        message = f"migrate: error: {exc}\n"
+        if fastpath.needs_masking(message.replace(where.display, ""), where):
+            return _FastAnswer()
+        stderr.write(message)
+        return _FastAnswer(EXIT_USAGE)
+    except ConfigurationError:
+        return _FastAnswer()
+    out, err = "", ""
+    if upgrade:
+        if database.locked_out or not fastpath.nothing_to_upgrade(
+            project, database.heads or (), args.schema
+        ):
+            return _FastAnswer()
+        if not fastpath.audit_ready(cache, database.audit_probe):
+            return _FastAnswer(settings=settings, probe=database.audit_probe)
+        result = {"environment": args.env, "operation": "upgrade", "ok": True, "error": None}
+        document = {**result, "warnings": [], "steps": []}
+        out = _json_text(document, where.display) if args.json else f"{args.env}: nothing to do"
+    else:
+        warnings = []
+        try:
+            project.check_known(database.heads or (), args.env)
+        except ConfigurationError as ahead:
+            warnings.append(str(ahead))
+        found = fastpath.statuses(project, database.heads or (), schemas)
+        err = "".join(f"migrate: warning: {w}\n" for w in warnings)
+        if args.json:
+            out = _json_text(_status_document(args.env, found, warnings), where.display)
+        else:
+            out = _status_text(args.env, found)
+    if not args.json:
+        out = f"{args.env}: {where.display}\n{out}"
+    if fastpath.needs_masking((out + err).replace(where.display, ""), where):
+        return _FastAnswer()
+    stderr.write(err)
+    stdout.write(out + "\n")
+    stdout.flush()
+    return _FastAnswer(EXIT_OK)
+
+
+def _json_text(data: dict[str, Any], shown: str) -> str:
+    return json.dumps(_with_target(data, shown, False), indent=2, default=str)
 
 
 def _run(argv: Sequence[str] | None) -> int:
@@ -707,6 +833,7 @@ def _run(argv: Sequence[str] | None) -> int:
         if args.command == "init":
             return cmd_init(args)
         settings = load_settings(args.config)
+        fastpath.remember_settings(settings)
         _target.settings, _target.json_output = settings, bool(getattr(args, "json", False))
         if not getattr(args, "needs_project", True):
             return int(args.handler(settings, args))

@@ -10,10 +10,6 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from alembic.config import Config
-from alembic.util import CommandError
-from alembic.util.pyfiles import coerce_resource_to_filename
-
 from orchestration.errors import ConfigurationError
 
 DEFAULT_ENVIRONMENTS = ("dev", "staging", "prod")
@@ -152,6 +148,11 @@ def _check_alembic_ini(ini: Path) -> str | None:
     """alembic.ini, read and checked as Alembic will use it: UTF-8, an [alembic] section,
     no inline comment in a path, a script_location and version_locations that exist.
     Returns its migrate_config, if it names one."""
+    # Imported here: `migrate` answers "nothing to do" from cached settings, without Alembic.
+    from alembic.config import Config
+    from alembic.util import CommandError
+    from alembic.util.pyfiles import coerce_resource_to_filename
+
     _read_text(ini)
     config = Config(str(ini))
     try:
@@ -411,6 +412,10 @@ _ALEMBIC_DEFAULT_FOLDER = "versions"
 def version_folders(ini: Path) -> list[Path]:
     """The folders Alembic reads revisions from: version_locations, else Alembic's own
     default, <script_location>/versions."""
+    from alembic.config import Config
+    from alembic.util import CommandError
+    from alembic.util.pyfiles import coerce_resource_to_filename
+
     config = Config(str(ini))
     try:
         listed = config.get_version_locations_list()

@@ -1,0 +1,405 @@
+"""`migrate status` and a no-op `migrate upgrade` without Alembic or SQLAlchemy.
+
+The everyday deploy finds little or nothing to do, yet importing Alembic, SQLAlchemy and
+every revision module costs most of a run. This module answers from what is already on
+disk (the settings as `load_settings` last read them, the scan cache) and psycopg2 alone.
+It only ever answers when its answer is the slow path's: whenever anything is unusual (a
+setting, a URL, the lock held, the audit table to create or upgrade, text that masking
+would change), it says ``None`` and the caller takes the full path, which does the same
+checks again and prints its own message.
+
+Kept identical to the slow path, and pinned by tests/test_fastpath.py: the settings
+(exactly those load_settings returned for the same alembic.ini and migrate.toml bytes),
+every revision file read and checked (MigrationProject, as the slow path builds it), the
+connection (libpq options carry lock_timeout and statement_timeout, application_name),
+the migration lock taken while the heads are read, the audit tables' layout (accepted only
+when ensure_table found nothing to change for the same catalog), the output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import pickle
+import re
+import sys
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, quote_plus, unquote, unquote_plus
+
+from orchestration.errors import ConfigurationError
+from orchestration.revisions import MigrationProject, Revision
+from orchestration.settings import ProjectSettings, find_alembic_ini_path
+
+# sessions.LOCK_KEY (pinned by a test): importing sessions would import SQLAlchemy.
+LOCK_KEY = int.from_bytes(hashlib.sha256(b"alembic-dagster-pipeline").digest()[:8], "big") >> 1
+STORAGE_ENV = "DAGSTER_POSTGRES_URL"  # launcher.STORAGE_ENV: its password is masked too
+_CACHE_FORMAT = 1
+_HERE = Path(__file__).resolve().parent
+
+
+# --- settings, as load_settings last returned them for the same files ---------------------
+
+
+def _sha(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def _code_fingerprint(*names: str) -> str:
+    """The code whose results are cached: a new release never reuses an old answer."""
+    digest = hashlib.sha256(str(_CACHE_FORMAT).encode())
+    for name in names:
+        digest.update((_sha(_HERE / name) or "-").encode())
+    return digest.hexdigest()
+
+
+def _cache_path(ini: Path) -> Path:
+    # Beside alembic.ini, in a bytecode cache folder: ignored like __pycache__ everywhere.
+    return ini.parent / "__pycache__" / f"migrate-fastpath-{ini.stem}.pickle"
+
+
+@dataclass
+class _Cache:
+    key: dict[str, Any]  # what the settings were read from
+    settings: ProjectSettings
+    toml: str
+    audit_probe: str | None = None  # audit._INSPECT, once the slow path has run here
+    accepted: tuple[str, ...] = ()  # probe results ensure_table found nothing to do for
+
+
+def _key(ini: Path, toml: Path) -> dict[str, Any]:
+    return {
+        "ini": str(ini),
+        "ini_sha": _sha(ini),
+        "toml": str(toml),
+        "toml_sha": _sha(toml),
+        "code": _code_fingerprint("settings.py", "audit.py", "catalog.py", "fastpath.py"),
+    }
+
+
+def _load(ini: Path) -> _Cache | None:
+    try:
+        with open(_cache_path(ini), "rb") as handle:
+            # Same trust as the .pyc files beside it: written by this project's own runs.
+            cache = pickle.load(handle)
+    except Exception:
+        return None
+    if not isinstance(cache, _Cache) or cache.key != _key(ini, Path(cache.toml)):
+        return None
+    return cache
+
+
+def _save(cache: _Cache) -> None:
+    """Atomically, and like Python writes bytecode: not with sys.dont_write_bytecode."""
+    if sys.dont_write_bytecode:
+        return
+    path = _cache_path(Path(cache.key["ini"]))
+    try:
+        path.parent.mkdir(exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    except OSError:
+        return
+    try:
+        with os.fdopen(handle, "wb") as out:
+            pickle.dump(cache, out)
+        os.replace(temporary, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+
+
+def remember_settings(settings: ProjectSettings) -> None:
+    """After load_settings (Alembic imported): keep what it returned for these exact files
+    (alembic.ini, and the migrate.toml it names or the one beside it, as load_settings)."""
+    from alembic.config import Config
+
+    ini = settings.alembic_ini
+    try:
+        named = Config(str(ini)).get_main_option("migrate_config")
+    except Exception:  # load_settings read it a moment ago; nothing to cache if not now
+        return
+    toml = Path(named or ini.parent / "migrate.toml")
+    key = _key(ini, toml)
+    old = _load(ini)
+    if old is not None and old.key == key:
+        return
+    _save(_Cache(key, settings, str(toml)))
+
+
+def cached(explicit: str | None) -> _Cache | None:
+    """What was kept for the alembic.ini `migrate` finds (-c, $ALEMBIC_CONFIG, ./): the
+    settings load_settings returned for the same alembic.ini and migrate.toml bytes, or
+    None; the folders it checked must still be there."""
+    cache = _load(find_alembic_ini_path(explicit))
+    if cache is None or not all(h.folder.is_dir() for h in cache.settings.histories):
+        return None
+    return cache
+
+
+def learn_audit_probe(settings: ProjectSettings, probe: Any) -> None:
+    """After the slow path ran in this process (SQLAlchemy already imported): record the
+    audit tables' probe, and whether ensure_table would change nothing for ``probe`` (the
+    catalog the fast path saw). Both are pure functions of the probe: next time the fast
+    path may skip ensure_table exactly when it would have done nothing."""
+    from orchestration import audit
+
+    cache = _load(settings.alembic_ini)
+    if cache is None:
+        return
+    changed = cache.audit_probe != audit._INSPECT
+    cache.audit_probe = audit._INSPECT
+    if changed:
+        cache.accepted = ()
+    if probe is not None:
+        try:
+            found = audit._found(probe)
+            history = found.get(audit.TABLE_NAME)
+            layout = audit._classify(settings.audit_schema, history)
+            snapshots = audit._snapshot_sql(
+                settings.audit_schema, found.get(audit.catalog.SNAPSHOT_TABLE)
+            )
+            ddl, _ = audit._upgrade_sql(layout)
+        except ConfigurationError:
+            ddl, snapshots = "refused", ""
+        if not ddl and not snapshots:
+            fingerprint = _probe_fingerprint(settings, probe)
+            if fingerprint not in cache.accepted:
+                cache.accepted = (*cache.accepted, fingerprint)[-16:]
+                changed = True
+    if changed:
+        _save(cache)
+
+
+def _probe_fingerprint(settings: ProjectSettings, probe: Any) -> str:
+    text = json.dumps([settings.audit_schema, probe], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+# --- the target database, for URLs simple enough to read without SQLAlchemy ---------------
+
+_SIMPLE_URL = re.compile(
+    r"^(?P<scheme>postgres|postgresql|postgresql\+psycopg2|postgresql\+psycopg)://"
+    r"(?:(?P<user>[A-Za-z0-9_.\-]+)(?::(?P<password>[^@/?#]*))?@)?"
+    r"(?P<host>[A-Za-z0-9_.\-]+)(?::(?P<port>\d{1,5}))?"
+    r"/(?P<database>[A-Za-z0-9_.\-]+)$"
+)
+_TYPED_USERINFO = re.compile(r"://[^\s:/?#@]*:([^\s]*)@")  # urls._typed_passwords
+_TYPED_PARAMETER = re.compile(r"[?&;\s]password=([^&#\s]*)", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Target:
+    """The environment's database: how to connect, how it is shown, what must stay masked."""
+
+    environment: str
+    display: str  # as urls.display_url shows it
+    connect: dict[str, Any]  # psycopg2.connect keywords, password included: never shown
+    secrets: tuple[str, ...]  # every form of every password this run would mask
+
+
+def _forms(password: str) -> set[str]:
+    """urls._forms: the ways a password may be written."""
+    found = set()
+    for base in {password, unquote(password), unquote_plus(password)}:
+        found |= {base, quote(base, safe=""), quote_plus(base), quote(base)}
+    return {form for form in found if form}
+
+
+def _typed(raw: str | None) -> list[str]:
+    if not raw:
+        return []
+    found = [m.group(1) for m in _TYPED_USERINFO.finditer(raw)][:1]
+    return found + [m.group(1) for m in _TYPED_PARAMETER.finditer(raw)]
+
+
+def target(settings: ProjectSettings, environment: str) -> Target | None:
+    """The environment's URL variable, parsed as targets.database_url would, or None when it
+    is not plain ``postgresql://user[:password]@host[:port]/database`` (or unset: the
+    embedded server is the slow path's)."""
+    env = settings.environment(environment)
+    raws = {e.url_env: os.environ.get(e.url_env) for e in settings.environments}
+    raw = raws.get(env.url_env)
+    if raw is None or any(v is not None and not v.strip() for v in raws.values()):
+        return None
+    match = _SIMPLE_URL.match(raw)
+    if match is None:
+        return None
+    password = unquote(match["password"]) if match["password"] is not None else None
+    secrets: set[str] = set()
+    for value in (*raws.values(), os.environ.get(STORAGE_ENV)):
+        for typed in _typed(value):
+            secrets |= _forms(typed)
+    if password:
+        secrets |= _forms(password)
+    user = match["user"]
+    userinfo = f"{user}{':***' if password is not None else ''}@" if user else ""
+    port = f":{match['port']}" if match["port"] else ""
+    display = f"postgresql+psycopg2://{userinfo}{match['host']}{port}/{match['database']}"
+    connect: dict[str, Any] = {"host": match["host"], "dbname": match["database"]}
+    if match["port"]:
+        connect["port"] = int(match["port"])
+    if user:
+        connect["user"] = user
+    if password is not None:
+        connect["password"] = password
+    connect.update(
+        application_name=application_name(environment),
+        connect_timeout=10,
+        options=session_options(env.lock_timeout, env.statement_timeout),
+    )
+    shown = Target(environment, display, connect, tuple(sorted(secrets, key=len, reverse=True)))
+    # A password that is also a word of the URL (the user's name, say) is masked there too.
+    return None if any(secret in display for secret in shown.secrets) else shown
+
+
+def application_name(environment: str) -> str:
+    """sessions.application_name (pinned by a test)."""
+    import getpass
+    import socket
+
+    return f"migrate:{environment}:{getpass.getuser()}@{socket.gethostname()}"[:63]
+
+
+def session_options(lock_timeout: str, statement_timeout: str) -> str:
+    """sessions.session_options (pinned by a test)."""
+    settings = {"lock_timeout": lock_timeout, "statement_timeout": statement_timeout}
+    return " ".join(
+        f"-c {name}={value.replace(' ', chr(92) + ' ')}" for name, value in settings.items()
+    )
+
+
+def needs_masking(text: str, target: Target) -> bool:
+    """Whether urls.redact could change ``text``: then the slow path prints it."""
+    lowered = text.lower()
+    if "password" in lowered or "://" in text:
+        return True
+    return any(secret in text for secret in target.secrets)
+
+
+# --- the database: one session, psycopg2 alone --------------------------------------------
+
+
+@dataclass(frozen=True)
+class Database:
+    heads: tuple[str, ...] | None  # None: no alembic_version table
+    audit_probe: Any = None  # the audit tables as audit._INSPECT sees them (upgrade only)
+    locked_out: bool = False  # another migration holds the lock
+
+
+class Unreachable(Exception):
+    """The database cannot be reached; the message is the slow path's."""
+
+
+def read_database(
+    settings: ProjectSettings, where: Target, *, probe: str | None, lock: bool
+) -> Database:
+    """The version table's heads (and, for an upgrade, the audit tables' probe), read as
+    an upgrade reads them: under the migration lock, which is tried once and released."""
+    import psycopg2
+
+    try:
+        conn = psycopg2.connect(**where.connect)
+    except psycopg2.OperationalError as exc:
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise Unreachable(
+            f"cannot connect to the {where.environment} database {where.display}: {first}"
+        ) from None
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            if lock:
+                cur.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,))
+                row = cur.fetchone()
+                if not (row and row[0]):
+                    return Database(None, locked_out=True)
+            try:
+                cur.execute("SELECT version_num FROM alembic_version")
+                heads: tuple[str, ...] | None = tuple(r[0] for r in cur.fetchall())
+            except psycopg2.errors.UndefinedTable:
+                heads = None
+            found = None
+            if probe is not None:
+                cur.execute(f"SELECT {probe}", {"migrate_audit_schema": settings.audit_schema})
+                found = cur.fetchone()[0]
+            if lock:
+                cur.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
+            return Database(heads, found)
+    finally:
+        conn.close()
+
+
+# --- answers ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SchemaStatus:
+    """engine.SchemaStatus (its to_dict is pinned equal by a test)."""
+
+    schema: str
+    current: str | None
+    head: str | None
+    pending: tuple[Revision, ...]
+
+    @property
+    def at_head(self) -> bool:
+        return self.current == self.head
+
+    def to_dict(self) -> dict:
+        return {
+            "schema": self.schema,
+            "current": self.current,
+            "head": self.head,
+            "at_head": self.at_head,
+            "pending": [{"revision": r.revision, "message": r.message} for r in self.pending],
+        }
+
+
+def selected_schemas(project: MigrationProject, schemas: Iterable[str] | None) -> list[str]:
+    """engine._schemas: all, or those named, in dependency order."""
+    named = list(schemas or ())
+    if not named:
+        return list(project.schemas)
+    for schema in named:
+        project.check_schema(schema)
+    return [s for s in project.schemas if s in named]
+
+
+def statuses(
+    project: MigrationProject, heads: tuple[str, ...], schemas: list[str]
+) -> list[SchemaStatus]:
+    """engine._status_from_heads."""
+    applied = project.applied(heads)
+    return [
+        SchemaStatus(
+            schema,
+            project.current(schema, applied),
+            project.head(schema),
+            tuple(r for r in project.revisions(schema) if r.revision not in applied),
+        )
+        for schema in schemas
+    ]
+
+
+def nothing_to_upgrade(
+    project: MigrationProject, heads: tuple[str, ...], schemas: list[str] | None
+) -> bool:
+    """Whether Alembic's upgrade to the heads (of ``schemas``, or all) would run no step:
+    every revision those heads need (depends_on across schemas included) is applied."""
+    if not heads or any(project.revision(h) is None for h in heads):
+        return False  # an empty table gets created, unknown heads get refused: slow path
+    wanted = [project.head(s) for s in selected_schemas(project, schemas)]
+    needed = project.applied([h for h in wanted if h is not None])
+    return needed <= project.applied(heads)
+
+
+def audit_ready(cache: _Cache, probe: Any) -> bool:
+    """Whether ensure_table found nothing to change for this very catalog before."""
+    return _probe_fingerprint(cache.settings, probe) in cache.accepted
