@@ -1,0 +1,253 @@
+"""The fast path (orchestration/fastpath.py) gives the full path's answers, in every state.
+
+Each test runs a command both ways on the same database: the fast path alone
+(cli._fast, which either answers or declines) and the full path (the fast path off), and
+compares exit code, stdout and stderr. Where the fast path must not answer (something to
+do, something to refuse, the lock held, the audit table to create), it declines.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from conftest import ECOMMERCE_HEAD, Workspace, simple_revision
+
+from orchestration import cli, engine, fastpath, sessions, targets, urls
+from orchestration.cli import main
+from orchestration.settings import load_settings
+
+
+@pytest.fixture(autouse=True)
+def bytecode_caches(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Caches are written as Python writes bytecode; a sandbox may have turned that off.
+    monkeypatch.setattr(sys, "dont_write_bytecode", False)
+
+
+def fast(*args: str) -> tuple[int | None, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    answer = cli._fast(list(args), out, err)
+    return answer.code, out.getvalue(), err.getvalue()
+
+
+def slow(capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, *args: str):
+    with monkeypatch.context() as patch:
+        patch.setattr(fastpath, "cached", lambda explicit: None)
+        code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def warm(capsys: pytest.CaptureFixture) -> None:
+    """Runs that leave the caches a first deploy leaves: settings, the audit probe."""
+    for _ in range(3):
+        assert main(["upgrade"]) == 0
+    capsys.readouterr()
+
+
+def same(capsys, monkeypatch, *args: str) -> tuple[int, str, str]:
+    answered = fast(*args)
+    assert answered[0] is not None, f"the fast path declined {args}"
+    assert answered == slow(capsys, monkeypatch, *args)
+    return answered  # type: ignore[return-value]
+
+
+def declines(*args: str) -> None:
+    code, out, err = fast(*args)
+    assert (code, out, err) == (None, "", "")
+
+
+def audit_rows(workspace: Workspace) -> int:
+    return len(workspace.audit())
+
+
+def test_at_head_status_and_upgrade_are_the_full_paths_answers(workspace, capsys, monkeypatch):
+    warm(capsys)
+    rows = audit_rows(workspace)
+    code, out, _ = same(capsys, monkeypatch, "upgrade")
+    assert code == 0 and out.splitlines()[1:] == ["dev: nothing to do"]
+    assert out.splitlines()[0] == f"dev: {urls.display_url(workspace.urls['dev'])}"
+    code, out, _ = same(capsys, monkeypatch, "upgrade", "--json")
+    assert json.loads(out)["steps"] == [] and json.loads(out)["target"]
+    same(capsys, monkeypatch, "upgrade", "--schema", "analytics")
+    same(capsys, monkeypatch, "upgrade", "--to", "head", "--env", "dev")
+    code, out, _ = same(capsys, monkeypatch, "status")
+    assert "yes" in out
+    same(capsys, monkeypatch, "status", "--json", "--schema", "ecommerce")
+    assert audit_rows(workspace) == rows  # a no-op upgrade writes no row, either way
+
+
+def test_fresh_database(workspace, capsys, monkeypatch):
+    warm(capsys)
+    fresh = workspace.urls["staging"]  # never migrated
+    monkeypatch.setenv("DEV_DATABASE_URL", fresh.render_as_string(False))
+    _, out, _ = same(capsys, monkeypatch, "status")
+    assert "pending" in out and "yes" not in out
+    same(capsys, monkeypatch, "status", "--json")
+    declines("upgrade")  # everything to do
+
+
+def test_behind_the_files(workspace, capsys, monkeypatch):
+    warm(capsys)
+    workspace.add_revision(
+        "ecommerce",
+        "2024_09_01_0900-new000000001_x.py",
+        simple_revision("new000000001", ECOMMERCE_HEAD, "t1"),
+    )
+    _, out, _ = same(capsys, monkeypatch, "status")
+    assert "1 pending" in out
+    declines("upgrade")
+    declines("upgrade", "--schema", "ecommerce")
+    same(capsys, monkeypatch, "upgrade", "--schema", "analytics")  # not ecommerce's new one
+    assert main(["upgrade"]) == 0
+    capsys.readouterr()
+    assert "new000000001" in workspace.version_heads()
+
+
+def test_ahead_of_the_files(workspace, capsys, monkeypatch):
+    path = workspace.add_revision(
+        "ecommerce",
+        "2024_09_01_0900-new000000001_x.py",
+        simple_revision("new000000001", ECOMMERCE_HEAD, "t1"),
+    )
+    warm(capsys)
+    path.unlink()
+    code, _, err = same(capsys, monkeypatch, "status")
+    assert code == 0 and "new000000001" in err and "migrate: warning" in err
+    declines("upgrade")
+    assert main(["upgrade"]) == 2  # refused by the full path, as before
+
+
+def test_an_edited_applied_file_is_still_caught(workspace, capsys, monkeypatch):
+    warm(capsys)
+    applied = next((workspace.versions / "ecommerce").glob("*.py"))
+    applied.write_text(applied.read_text() + "\n# edited after it was applied\n")
+    for _ in range(2):  # twice in a row: no cache hides it the second time
+        same(capsys, monkeypatch, "status")
+        same(capsys, monkeypatch, "upgrade")  # upgrade never compared checksums: neither
+        code, out, _ = slow(capsys, monkeypatch, "verify")
+        assert code == 1 and "was edited after it was applied" in out
+
+
+def test_broken_file_unknown_schema_and_environment_go_the_full_way(workspace, capsys):
+    warm(capsys)
+    declines("status", "--env", "nowhere")
+    declines("status", "--schema", "nowhere")
+    declines("upgrade", "--env", "staging")  # promotion: the full path's
+    declines("upgrade", "--to", ECOMMERCE_HEAD)
+    declines("status", "--help")
+    bad = workspace.add_revision("ecommerce", "zz_broken.py", "def upgrade(:\n")
+    declines("status")
+    assert main(["status"]) == 2
+    bad.unlink()
+    assert fast("status")[0] == 0
+
+
+def test_lock_held_and_missing_audit_table_decline(workspace, capsys, monkeypatch):
+    warm(capsys)
+    with workspace.connect() as holder:
+        holder.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": sessions.LOCK_KEY})
+        declines("upgrade")
+        assert fast("status")[0] == 0  # status takes no lock, as engine.status
+        holder.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": sessions.LOCK_KEY})
+        holder.commit()
+    with workspace.connect() as conn:
+        conn.execute(sa.text("DROP TABLE alembic_version_history"))
+        conn.commit()
+    declines("upgrade")  # the full path creates it on a no-op upgrade: it does here
+    assert main(["upgrade"]) == 0
+    assert workspace.scalar("SELECT to_regclass('public.alembic_version_history') IS NOT NULL")
+
+
+def test_settings_are_reread_when_a_file_changes(workspace, capsys):
+    warm(capsys)
+    assert fastpath.cached(None) is not None
+    toml = workspace.root / "migrate.toml"
+    toml.write_text(toml.read_text() + "\n# changed\n")
+    assert fastpath.cached(None) is None
+    assert main(["status"]) == 0
+    cache = fastpath.cached(None)
+    assert cache is not None and cache.settings == load_settings(None)
+
+
+def test_unreachable_database_same_message(workspace, capsys, monkeypatch):
+    warm(capsys)
+    monkeypatch.setenv("DEV_DATABASE_URL", "postgresql://nobody@127.0.0.1:1/nothing")
+    code, out, err = fast("status")
+    assert code == 2 and "cannot connect to the dev database" in err
+    assert (code, out, err) == slow(capsys, monkeypatch, "status")
+
+
+def test_no_alembic_or_sqlalchemy_import(workspace, capsys):
+    warm(capsys)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    for command in ("status", "upgrade"):
+        script = (
+            "import sys\nfrom orchestration.cli import main\n"
+            f"code = main([{command!r}])\n"
+            "heavy = [m for m in ('sqlalchemy', 'alembic') if m in sys.modules]\n"
+            "assert code == 0 and not heavy, (code, heavy)\n"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", script], cwd=workspace.root, env=env, capture_output=True
+        )
+        assert done.returncode == 0, done.stderr.decode()
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "postgresql://u@127.0.0.1:5432/db",
+        "postgres://u:secret@localhost/db",
+        "postgresql+psycopg2://u:p%40ss%25w@h.example:6543/db_1",
+        "postgresql://u:secret@h/db?sslmode=require",  # a query: the full path's
+        "postgresql://secret:secret@h/db",  # the password is also the user's name
+        "postgresql:///db?host=/tmp",
+        "mysql://u@h/db",
+    ],
+)
+def test_target_is_read_as_the_full_path_reads_it(raw, workspace, monkeypatch):
+    monkeypatch.setenv("DEV_DATABASE_URL", raw)
+    settings = load_settings(None)
+    shown = fastpath.target(settings, "dev")
+    if shown is None:
+        return  # declined: the full path reads it
+    url = targets.database_url(settings, "dev")
+    assert shown.display == urls.display_url(url)
+    expected = {"host": url.host, "dbname": url.database, "user": url.username}
+    expected |= {"port": url.port} if url.port else {}
+    expected |= {"password": url.password} if url.password is not None else {}
+    assert {
+        k: v for k, v in shown.connect.items() if k in expected or k in ("port", "password")
+    } == expected
+
+
+def test_copies_of_engine_values_stay_equal(workspace):
+    settings = load_settings(None)
+    env = settings.environment("dev")
+    assert fastpath.LOCK_KEY == sessions.LOCK_KEY
+    assert fastpath.session_options(env.lock_timeout, env.statement_timeout) == (
+        sessions.session_options(env)
+    )
+    assert fastpath.application_name("dev") == sessions.application_name("dev")
+    from orchestration import launcher
+
+    assert fastpath.STORAGE_ENV == launcher.STORAGE_ENV
+    project = workspace.project()
+    for heads in ((), (ECOMMERCE_HEAD,)):
+        schemas = list(project.schemas)
+        ours = [s.to_dict() for s in fastpath.statuses(project, heads, schemas)]
+        theirs = [s.to_dict() for s in engine._status_from_heads(project, heads, schemas)]
+        assert ours == theirs
+
+
+def test_the_settings_cache_sits_beside_alembic_ini(workspace, capsys):
+    warm(capsys)
+    assert fastpath._cache_path(workspace.ini).parent == workspace.root / "__pycache__"
+    assert Path(fastpath._cache_path(workspace.ini)).is_file()
