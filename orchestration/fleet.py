@@ -92,9 +92,9 @@ def migrate_target(
 _worker_project: MigrationProject | None = None
 
 
-def _start_worker(alembic_ini: str) -> None:
+def _start_worker(alembic_ini: str, urls: dict[str, str]) -> None:
     global _worker_project
-    _worker_project = MigrationProject(load_settings(alembic_ini))
+    _worker_project = MigrationProject(load_settings(alembic_ini).with_urls(urls))
 
 
 def _migrate_in_worker(environment: str, database: str, run_id: str | None) -> TargetOutcome:
@@ -125,7 +125,11 @@ def migrate_targets(
         max_workers=workers,
         mp_context=multiprocessing.get_context("spawn"),
         initializer=_start_worker,
-        initargs=(str(project.settings.alembic_ini),),
+        # URLs the caller gave (the resource's config) go along: a worker reads the rest
+        initargs=(
+            str(project.settings.alembic_ini),
+            {e.name: e.url for e in project.settings.environments if e.url is not None},
+        ),
     )
     queued = iter(databases)
     running: dict[Future[TargetOutcome], str] = {}

@@ -7,7 +7,8 @@ import math
 import os
 import re
 import tomllib
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from orchestration.errors import ConfigurationError
@@ -29,6 +30,9 @@ class EnvironmentSettings:
     # listed, and/or found by a query run on the environment's own database.
     fleet_databases: tuple[str, ...] = ()
     fleet_query: str | None = None
+    # A URL given by the caller (the Dagster resource's config) instead of url_env's
+    # variable. Never in repr: it may hold a password.
+    url: str | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -92,6 +96,19 @@ class ProjectSettings:
     @property
     def environment_names(self) -> tuple[str, ...]:
         return tuple(env.name for env in self.environments)
+
+    def with_urls(self, urls: Mapping[str, str]) -> ProjectSettings:
+        """These settings with URLs given for some environments (by name), which take the
+        place of their url_env variables."""
+        for name in urls:
+            self.environment(name)  # an unknown environment is an error, not ignored
+        return replace(
+            self,
+            environments=tuple(
+                replace(env, url=urls[env.name]) if env.name in urls else env
+                for env in self.environments
+            ),
+        )
 
     def environment(self, name: str) -> EnvironmentSettings:
         for env in self.environments:

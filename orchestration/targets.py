@@ -13,18 +13,20 @@ from orchestration.urls import normalize_url, register_url
 
 
 def configured_urls(settings: ProjectSettings) -> dict[str, str]:
-    """The URL variables that are set, by variable name; their passwords are registered
-    for masking. A variable set to an empty or blank string is an error, never "unset":
-    it would silently select the embedded server."""
+    """The URLs that are given, by variable name: the caller's (env.url, e.g. the Dagster
+    resource's config), else the url_env variable's; their passwords are registered for
+    masking. A URL set to an empty or blank string is an error, never "unset": it would
+    silently select the embedded server."""
     found = {}
     for env in settings.environments:
-        raw = os.environ.get(env.url_env)
+        raw = env.url if env.url is not None else os.environ.get(env.url_env)
         if raw is None:
             continue
         if not raw.strip():
+            where = f"the {env.name} URL given" if env.url is not None else env.url_env
             raise ConfigurationError(
-                f"{env.url_env} is set but empty: give the {env.name} database's URL, or "
-                "unset it (with no URL variable set, the embedded server is used)"
+                f"{where} is set but empty: give the {env.name} database's URL, or "
+                "unset it (with no URL set, the embedded server is used)"
             )
         register_url(raw)
         found[env.url_env] = raw
@@ -49,6 +51,7 @@ def database_url(settings: ProjectSettings, environment: str) -> URL:
     if uses_embedded(settings):
         return _embedded_server(settings).set(database=env.name)
     raw = configured_urls(settings).get(env.url_env)
+    where = f"the {env.name} URL given" if env.url is not None else env.url_env
     if raw is None:
         raise ConfigurationError(
             f"{env.url_env} is not set: other environments have URLs, so the embedded "
@@ -57,14 +60,14 @@ def database_url(settings: ProjectSettings, environment: str) -> URL:
     try:
         url = normalize_url(raw)
     except ConfigurationError as exc:
-        raise ConfigurationError(f"{env.url_env}: {exc}") from None
+        raise ConfigurationError(f"{where}: {exc}") from None
     if not url.database:
         # libpq would pick the database named after the user: never a surprise target
-        raise ConfigurationError(f"{env.url_env} names no database: end it with /<database>")
+        raise ConfigurationError(f"{where} names no database: end it with /<database>")
     if url.host and "@" in url.host:
         # (its host is not shown: the part before the last @ belongs to the password)
         raise ConfigurationError(
-            f"{env.url_env}: an @ in the password is read as the end of it, so the host "
+            f"{where}: an @ in the password is read as the end of it, so the host "
             "is unclear: write an @ in the password as %40"
         )
     return url
