@@ -9,6 +9,7 @@ assets, no code.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import dagster as dg
@@ -17,12 +18,14 @@ from orchestration import scan
 from orchestration.defs.assets import build_schema_assets
 from orchestration.defs.fleet import build_fleet_job
 from orchestration.defs.jobs import build_jobs
-from orchestration.defs.resource import MigrationResource, default_alembic_ini
+from orchestration.defs.resource import MigrationResource, config_path, default_alembic_ini
 from orchestration.defs.schedules import build_environment_sync
 from orchestration.defs.sensors import build_revision_files_sensor
 from orchestration.defs.specs import Names, build_specs
 from orchestration.defs.translator import SchemaAsset, SchemaAssetTranslator
+from orchestration.errors import ConfigurationError
 from orchestration.settings import ProjectSettings, load_settings
+from orchestration.urls import has_password
 
 SYNC_CRON = "0 3 * * *"
 
@@ -51,6 +54,7 @@ def build_definitions(
     *,
     prefix: str = "",
     translator: SchemaAssetTranslator | None = None,
+    database_urls: Mapping[str, str] | None = None,
 ) -> dg.Definitions:
     """contract: the whole code location for one Alembic project.
 
@@ -62,12 +66,17 @@ def build_definitions(
         and the names this repository's own code location has.
     translator: a SchemaAssetTranslator (subclass) to change the asset and check specs;
         jobs, sensors and automation take their keys from the specs it returns.
+    database_urls: an environment's database URL by environment name, as
+        ``dg.EnvVar("BILLING_DEV_URL")``, in place of the variable migrate.toml names
+        (the resource's config ``database_urls``). A literal URL with a password is
+        refused: Dagster's UI shows resource config.
 
     No executor is set on the Definitions, so they merge with a team's
     (``dg.Definitions.merge``): each job of this project carries its own.
     """
     names = Names(prefix)
-    settings = load_settings(alembic_ini or default_alembic_ini())
+    urls = _database_urls(database_urls or {})
+    settings = load_settings(alembic_ini or default_alembic_ini()).with_urls(urls)
     environments = list(settings.environments)
     env_names = [e.name for e in environments]
     auto_envs = [e.name for e in environments if e.promote == "auto"]
@@ -87,21 +96,22 @@ def build_definitions(
             "blocking verify of the one before it."
         ),
     )
-    sync = dg.define_asset_job(
-        names("environment_sync"),
-        selection=dg.AssetSelection.assets(*auto_keys)
-        | dg.AssetSelection.checks_for_assets(*all_keys),
-        executor_def=dg.in_process_executor,
-        description="Upgrade promote=auto environments in order and verify every environment.",
-    )
+    jobs = build_jobs(specs, environments, names)
     return dg.Definitions(
         assets=assets,
         asset_checks=checks,
         jobs=[
-            *build_jobs(specs, env_names, names),
+            jobs.migrate,
+            jobs.rollback,
             promote,
-            sync,
-            *(build_fleet_job(env, names) for env in environments),
+            jobs.environment_sync,
+            # a fleet job only where migrate.toml configures a fleet: none that "succeeds"
+            # with no targets
+            *(
+                build_fleet_job(env, names)
+                for env in environments
+                if env.fleet_databases or env.fleet_query
+            ),
         ],
         sensors=[
             build_revision_files_sensor(
@@ -117,9 +127,26 @@ def build_definitions(
                 "environment before them verified.",
             ),
         ],
-        schedules=[build_environment_sync(sync, SYNC_CRON, names("environment_sync"))],
-        resources={names.resource_key: MigrationResource(alembic_ini=str(settings.alembic_ini))},
+        schedules=[
+            build_environment_sync(jobs.environment_sync, SYNC_CRON, names("environment_sync"))
+        ],
+        resources={
+            names.resource_key: MigrationResource(
+                alembic_ini=config_path(settings.alembic_ini), database_urls=urls
+            )
+        },
     )
+
+
+def _database_urls(urls: Mapping[str, str]) -> dict[str, str]:
+    """URLs for the resource's config: a dg.EnvVar, or a literal URL without a password."""
+    for environment, url in urls.items():
+        if not isinstance(url, dg.EnvVar) and has_password(url):
+            raise ConfigurationError(
+                f"database_urls[{environment!r}] holds a password: give it as "
+                f'dg.EnvVar("...") so the Dagster UI shows the variable, not the password'
+            )
+    return dict(urls)
 
 
 @dg.definitions

@@ -43,9 +43,9 @@ def test_definitions_load_with_the_promotion_graph(defs):
         "prod/ecommerce": {"staging/ecommerce"},
         "prod/analytics": {"staging/analytics", "prod/ecommerce"},
     }
-    checks = {c.to_user_string() for c in graph.asset_check_keys}
-    assert checks == {f"{k}:verify" for k in parents}
-    assert all(graph.get_check_spec(c).blocking for c in graph.asset_check_keys)
+    verify = [c for c in graph.asset_check_keys if c.name == "verify"]
+    assert {c.to_user_string() for c in verify} == {f"{k}:verify" for k in parents}
+    assert all(graph.get_check_spec(c).blocking for c in verify)
     # policy from migrate.toml: staging follows dev on its own, prod only by a launch
     assert graph.get(_key("staging", "ecommerce")).automation_condition is not None
     assert graph.get(_key("prod", "ecommerce")).automation_condition is None
@@ -302,6 +302,7 @@ def test_environment_sync_job_upgrades_auto_environments_and_verifies_prod(
         for e in second.all_events
         if e.event_type_value == "ASSET_CHECK_EVALUATION"
         and e.asset_check_evaluation_data.asset_key == _key("prod", "ecommerce")
+        and e.asset_check_evaluation_data.check_name == "verify"
     )
     assert not evaluation.passed
     assert f"behind {ECOMMERCE_HEAD}, where staging is and verified it" in (
@@ -465,6 +466,7 @@ def _evaluation(result, key):
         for e in result.all_events
         if e.event_type_value == "ASSET_CHECK_EVALUATION"
         and e.asset_check_evaluation_data.asset_key == key
+        and e.asset_check_evaluation_data.check_name == "verify"
     ]
     return evaluation
 

@@ -45,6 +45,33 @@ def steps_table(rows: list[audit.AuditRow]) -> dg.TableMetadataValue:
     )
 
 
+# What an asset's sidebar has room for: the asset and the operation are the event's own.
+_REVISION_COLUMNS = dg.TableSchema(
+    columns=[
+        dg.TableColumn("to", "string"),
+        dg.TableColumn("message", "string"),
+        dg.TableColumn("ms", "float"),
+    ]
+)
+
+
+def revisions_table(rows: list[audit.AuditRow]) -> dg.TableMetadataValue:
+    """The steps of one schema, three columns wide: fits the asset page's metadata column."""
+    return dg.MetadataValue.table(
+        records=[
+            dg.TableRecord(
+                {
+                    "to": r.alembic_version or "base",
+                    "message": r.message or "",
+                    "ms": round(float(r.duration_ms or 0.0), 1),
+                }
+            )
+            for r in rows
+        ],
+        schema=_REVISION_COLUMNS,
+    )
+
+
 def run_metadata(
     environment: str,
     schema: str,
@@ -55,7 +82,7 @@ def run_metadata(
     mine = [r for r in rows if r.schema_name == schema]
     metadata: dict[str, dg.MetadataValue] = {
         "environment": dg.MetadataValue.text(environment),
-        "revisions_applied": steps_table(mine),
+        "revisions_applied": revisions_table(mine),
         "steps": dg.MetadataValue.int(len(mine)),
         # float(): a sum over no steps is int 0, which MetadataValue.float refuses
         "duration_ms": dg.MetadataValue.float(
@@ -89,6 +116,29 @@ def promotion_metadata(p: promotion.Promotion) -> dict[str, dg.MetadataValue]:
     }
 
 
+# Verify's findings by kind, in the order verify checks them: one `verify` check per asset
+# (the contract's blocking gate, one pass, one audit row) that says which kind failed.
+FINDING_KINDS = {
+    "position": ("at_head", "at_target"),
+    "files": ("checksum", "missing_file"),
+    "drift": ("drift", "schema"),
+    "invalid_index": ("invalid_index",),
+    "hooks": ("revision_hook",),
+}
+
+
+def finding_kinds(result: engine.VerifyResult) -> str:
+    """One line per kind of finding: passed, warning or failed, and the first finding."""
+    lines = ["| kind | result | first finding |", "|---|---|---|"]
+    for kind, checks in FINDING_KINDS.items():
+        found = [f for f in result.findings if f.check in checks]
+        errors = [f for f in found if f.severity == "error"]
+        outcome = "**failed**" if errors else "warning" if found else "passed"
+        first = (errors or found)[0].message if found else ""
+        lines.append(f"| {kind} | {outcome} | {first.replace('|', '/')} |")
+    return "\n".join(lines)
+
+
 def verify_metadata(result: engine.VerifyResult) -> dict[str, dg.MetadataValue]:
     findings = [f"- **{f.severity}** `{f.check}`: {f.message}" for f in result.findings]
     return {
@@ -96,10 +146,33 @@ def verify_metadata(result: engine.VerifyResult) -> dict[str, dg.MetadataValue]:
         "current_revision": dg.MetadataValue.text(result.current or "base"),
         "head_revision": dg.MetadataValue.text(result.head or "base"),
         "findings": dg.MetadataValue.md("\n".join(findings) or "No findings."),
+        "checks": dg.MetadataValue.md(finding_kinds(result)),
         "finding_count": dg.MetadataValue.int(len(result.findings)),
-        "audit_row_id": dg.MetadataValue.int(result.audit_id or 0),
+        # an id, not a measure: text, so Dagster does not plot it over time
+        "audit_row_id": dg.MetadataValue.text(str(result.audit_id or "none")),
         "duration_ms": dg.MetadataValue.float(result.duration_ms or 0.0),
     }
+
+
+def verify_failure(results: list[engine.VerifyResult]) -> dg.Failure | None:
+    """A failed verify as the step's and the run's error: its first line names the first
+    finding, the others follow, each schema's by kind in the metadata. None if all passed."""
+    failed = [r for r in results if not r.ok]
+    if not failed:
+        return None
+    lines = [
+        f"verify failed for {r.environment}/{r.schema}: "
+        + "; ".join(f.message for f in r.findings if f.severity == "error")
+        for r in failed
+    ]
+    return dg.Failure(
+        description="\n".join(lines),
+        metadata={
+            f"{r.environment}/{r.schema}": dg.MetadataValue.md(finding_kinds(r)) for r in failed
+        },
+        # a finding is the database's state: retrying the step finds it again
+        allow_retries=False,
+    )
 
 
 def failure(environment: str, result: engine.RunResult) -> dg.Failure:
@@ -127,7 +200,10 @@ def clear_errors() -> Iterator[None]:
     try:
         yield
     except (ConfigurationError, MigrationError) as exc:
-        raise dg.Failure(description=str(exc)) from None
+        # bad input is not worth a retry; a refused step (a lock held, say) may be
+        raise dg.Failure(
+            description=str(exc), allow_retries=not isinstance(exc, ConfigurationError)
+        ) from None
 
 
 def audit_history_metadata(

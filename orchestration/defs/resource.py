@@ -19,12 +19,30 @@ def default_alembic_ini() -> str:
     return str(Path(os.environ.get("ALEMBIC_CONFIG") or "alembic.ini").resolve())
 
 
+def config_path(path: str | Path) -> str:
+    """The path as the resource's config shows it in the Launchpad: relative to the code
+    location's working directory when it is under it (where runs start too), so no
+    machine's absolute path becomes a default."""
+    absolute = Path(path).resolve()
+    try:
+        return str(absolute.relative_to(Path.cwd()))
+    except ValueError:
+        return str(absolute)
+
+
 class MigrationResource(dg.ConfigurableResource):
     """Runs the project's migrations; database URLs come from the environment variables
     named in migrate.toml (DEV_DATABASE_URL, ...) or the embedded default, at run time."""
 
     alembic_ini: str = Field(
-        default_factory=default_alembic_ini, description="path of the project's alembic.ini"
+        default_factory=lambda: os.environ.get("ALEMBIC_CONFIG") or "alembic.ini",
+        description="path of the project's alembic.ini (relative: to the working directory)",
+    )
+    database_urls: dict[str, str] = Field(
+        default={},
+        description="URL of an environment's database, by environment name (give it as "
+        "dg.EnvVar: the UI then shows the variable's name, never the URL); an environment "
+        "not listed takes the variable its migrate.toml names",
     )
 
     _project: MigrationProject | None = PrivateAttr(default=None)
@@ -33,7 +51,7 @@ class MigrationResource(dg.ConfigurableResource):
         self._project = None  # each run reads the project anew
 
     def settings(self) -> ProjectSettings:
-        return load_settings(self.alembic_ini)
+        return load_settings(self.alembic_ini).with_urls(self.database_urls)
 
     def project(self) -> MigrationProject:
         """The project as this run read it: the revision files are read once per run

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from urllib.parse import quote
 
 import dagster as dg
 
@@ -124,7 +125,9 @@ class SchemaAssetTranslator:
             f"PostgreSQL schema `{schema.schema}` in the `{props.env}` database, built by "
             f"{len(schema.revisions)} Alembic revision(s) in migrations/versions/"
             f"{schema.schema}/. Materializing upgrades it to head; the `verify` check "
-            f"gates what comes after it.\n\n{steps}"
+            f"gates what comes after it.\n\n{steps}\n\n"
+            f"[Roll {props.env}/{schema.schema} back]({rollback_launchpad(props)}) "
+            "(the rollback job's Launchpad, filled for this schema: pick the target)"
         )
 
     def _automation_condition(self, props: SchemaAssetProps) -> dg.AutomationCondition | None:
@@ -135,6 +138,19 @@ class SchemaAssetTranslator:
             dg.AutomationCondition.eager()
             & dg.AutomationCondition.all_deps_blocking_checks_passed()
         )
+
+
+def rollback_launchpad(props: SchemaAssetProps, to: str = "-1") -> str:
+    """A link into the UI: the rollback job's Launchpad with this environment and schema
+    filled in. /guess/<job> finds the job's code location, as Dagster's own links do."""
+    job = f"{props.prefix}_rollback" if props.prefix else "rollback"
+    config = (
+        "ops:\n  downgrade:\n    config:\n"
+        f"      environment: {props.env}\n"
+        f"      schema_name: {props.schema.schema}\n"
+        f'      to: "{to}"\n'
+    )
+    return f"/guess/{job}/playground/setup?config={quote(config, safe='')}"
 
 
 def default_asset_key(
