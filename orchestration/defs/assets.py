@@ -1,9 +1,11 @@
 """One asset per schema per environment, each with a blocking `verify` check."""
 
+from collections.abc import Iterator
+
 import dagster as dg
 
 from orchestration import engine
-from orchestration.defs import metadata
+from orchestration.defs import lint_checks, metadata
 from orchestration.defs.resource import MigrationResource
 from orchestration.defs.specs import ProjectSpecs, SchemaAssetSpec
 
@@ -38,6 +40,9 @@ def build_schema_asset(item: SchemaAssetSpec, resource_key: str) -> dg.AssetsDef
             metadata={
                 **metadata.run_metadata(env, schema, result.steps, status),
                 **metadata.promotion_metadata(promoted),
+                **lint_checks.lint_metadata(
+                    migrations.project(), env, schema, result.steps, status
+                ),
             },
         )
 
@@ -53,11 +58,11 @@ def build_verify_check(item: SchemaAssetSpec, resource_key: str) -> dg.AssetChec
         pool=pool(env),
         required_resource_keys={resource_key},
     )
-    def _verify(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+    def _verify(context: dg.AssetCheckExecutionContext) -> Iterator[dg.AssetCheckResult]:
         migrations: MigrationResource = getattr(context.resources, resource_key)
         with metadata.clear_errors():
             (result,) = migrations.verify_promoted(context, env, [schema])
-        return dg.AssetCheckResult(
+        yield dg.AssetCheckResult(
             asset_key=check.asset_key,
             check_name=check.name,
             passed=result.ok,
@@ -65,6 +70,12 @@ def build_verify_check(item: SchemaAssetSpec, resource_key: str) -> dg.AssetChec
             metadata=metadata.verify_metadata(result),
             description="; ".join(f.message for f in result.findings) or None,
         )
+        # The failed evaluation is recorded (it gates automation); the step then fails with
+        # the finding as its error, so the run page shows it, not only "1 blocking asset
+        # check failed". The downstream environments are skipped as before.
+        failure = metadata.verify_failure([result])
+        if failure is not None:
+            raise failure
 
     return _verify
 
@@ -74,4 +85,5 @@ def build_schema_assets(
 ) -> tuple[list[dg.AssetsDefinition], list[dg.AssetChecksDefinition]]:
     assets = [build_schema_asset(item, resource_key) for item in specs.items]
     checks = [build_verify_check(item, resource_key) for item in specs.items]
+    checks += lint_checks.build_lint_checks(specs, resource_key)  # non-blocking: lint_checks.py
     return assets, checks
