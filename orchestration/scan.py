@@ -210,3 +210,136 @@ def schema_dependencies(files: list[RevisionFile]) -> dict[str, set[str]]:
             if upstream and upstream != f.schema:
                 graph[f.schema].add(upstream)
     return graph
+
+
+# --- the sensor's view: each file's stat, checksum and reading, kept beside the cache ------
+
+INDEX_NAME = "migrate-files.json"
+_INDEX_FORMAT = f"1:{_FORMAT}"
+
+
+@dataclass(frozen=True)
+class FileState:
+    """One revision file as last seen: its stat, sha256, and revision id or error."""
+
+    name: str
+    mtime_ns: int
+    size: int
+    checksum: str
+    revision: str | None
+    error: str | None
+
+
+def stat_digest(entries: Iterable[tuple[str, os.stat_result]]) -> str:
+    """A digest of (name, mtime, size) of a folder's files: equal digests, no file to read
+    (the same assumption as any build tool: an edit changes mtime or size)."""
+    rows = sorted(f"{name}\0{st.st_mtime_ns}\0{st.st_size}" for name, st in entries)
+    return hashlib.sha256("\n".join(rows).encode()).hexdigest()
+
+
+def content_digest(checksums: dict[str, str]) -> str:
+    """A digest of (name, sha256) of a folder's files: what the folder holds."""
+    rows = sorted(f"{name}\0{sha}" for name, sha in checksums.items())
+    return hashlib.sha256("\n".join(rows).encode()).hexdigest()
+
+
+def _state_dir(history: History, state_dir: str | None) -> tuple[str, bool]:
+    """Where the sensor's per-file index lives, and whether to write it whatever
+    sys.dont_write_bytecode says: a folder of its own (Dagster's storage), else the
+    history's __pycache__, written like bytecode."""
+    if state_dir is not None:
+        return state_dir, True
+    return os.path.join(str(history.folder), "__pycache__"), not sys.dont_write_bytecode
+
+
+def folder_states(history: History, state_dir: str | None = None) -> dict[str, FileState]:
+    """Every revision file of ``history``, by file name: files whose stat is unchanged since
+    the index (``migrate-files.json`` in ``state_dir``) was written are not read again;
+    the others are read (parsed, never imported) and the index rewritten."""
+    folder, writable = _state_dir(history, state_dir)
+    index_path = os.path.join(folder, INDEX_NAME)
+    known = _load_index(index_path)
+    states: dict[str, FileState] = {}
+    changed = False
+    for _, path, st in list_files([history]):
+        name = os.path.basename(path)
+        old = known.get(name)
+        if old is not None and (old.mtime_ns, old.size) == (st.st_mtime_ns, st.st_size):
+            states[name] = old
+            continue
+        reading = read_revision_file(history.schema, path)
+        states[name] = FileState(
+            name, st.st_mtime_ns, st.st_size, reading.checksum, reading.revision, reading.error
+        )
+        changed = True
+    if (changed or states.keys() != known.keys()) and writable:
+        _save_json(
+            index_path,
+            {
+                "format": _INDEX_FORMAT,
+                "files": [list(dataclasses.astuple(s)) for s in states.values()],
+            },
+        )
+    return states
+
+
+def _load_index(path: str) -> dict[str, FileState]:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            content = json.load(handle)
+        if content.get("format") != _INDEX_FORMAT:
+            return {}
+        return {row[0]: FileState(*row) for row in content["files"]}
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return {}
+
+
+def folder_contents(
+    history: History, digest: str, state_dir: str | None = None
+) -> dict[str, str] | None:
+    """The folder's (name -> sha256) as it was when its content digest was ``digest``, if
+    kept (``save_folder_contents``): what a sensor compares with to name what changed."""
+    folder, _ = _state_dir(history, state_dir)
+    path = os.path.join(folder, f"migrate-content-{digest[:32]}.json")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            content = json.load(handle)
+        return content if isinstance(content, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def save_folder_contents(
+    history: History, digest: str, checksums: dict[str, str], state_dir: str | None = None
+) -> None:
+    """Keep (name -> sha256) under its digest (immutable, so never stale); the newest few."""
+    cache, writable = _state_dir(history, state_dir)
+    if not writable:
+        return
+    _save_json(os.path.join(cache, f"migrate-content-{digest[:32]}.json"), checksums)
+    with contextlib.suppress(OSError):
+        kept = sorted(
+            (e for e in os.scandir(cache) if e.name.startswith("migrate-content-")),
+            key=lambda e: e.stat().st_mtime_ns,
+            reverse=True,
+        )
+        for old in kept[8:]:
+            os.unlink(old.path)
+
+
+def _save_json(path: str, content: object) -> None:
+    """Atomically (write, then rename), and silently: a read-only tree just has no cache."""
+    folder = os.path.dirname(path)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=folder, suffix=".tmp")
+    except OSError:
+        return
+    try:
+        os.chmod(temporary, stat.S_IMODE(os.stat(folder).st_mode) & 0o666)
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            json.dump(content, out)
+        os.replace(temporary, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)

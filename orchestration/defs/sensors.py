@@ -1,40 +1,111 @@
 """revision_files_sensor: new or edited revision files start a run that migrates dev."""
 
+import hashlib
 import json
 import os
-from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 
 from orchestration import scan
 from orchestration.defs.specs import ProjectSpecs
-from orchestration.revisions import file_checksum
 from orchestration.settings import History, ProjectSettings
 
-# cursor: {relative path: [mtime_ns, size, sha256]}; unchanged stat means unchanged file,
-# so a quiet tick reads no file at all.
-Cursor = dict[str, list]
+# The cursor is bounded whatever the number of files: per schema, a digest of its files'
+# stat and one of their content, and at most a few broken files (named until fixed). Each
+# file's stat, sha256 and reading live in the scan cache's folder (scan.folder_states), and
+# the content a digest stood for in a file named by it (scan.folder_contents).
+CURSOR_VERSION = 2
+_BROKEN_SHOWN = 3  # broken files named per schema; the rest are counted
+_ERROR_CHARS = 160
+
+
+def _parse_cursor(text: str | None) -> dict[str, Any] | None:
+    if not text:
+        return None
+    data = json.loads(text)
+    if isinstance(data, dict) and data.get("v") == CURSOR_VERSION:
+        return data
+    # A cursor of the first format ({relative path: [mtime, size, sha256]}): its content
+    # per schema is known, its stat digests are not (every folder is read once).
+    return {"v": CURSOR_VERSION, "schemas": {}, "legacy": data}
+
+
+def _legacy_contents(root: Path, history: History, legacy: dict) -> dict[str, str]:
+    folder = os.path.relpath(history.folder, root)
+    return {
+        os.path.basename(key): value[2]
+        for key, value in legacy.items()
+        if os.path.dirname(key) == folder and isinstance(value, list) and len(value) == 3
+    }
+
+
+def _state_dir(state_root: str | None, history: History) -> str | None:
+    if state_root is None:
+        return None
+    folder = hashlib.sha256(str(history.folder).encode()).hexdigest()[:16]
+    return os.path.join(state_root, folder)
 
 
 def changed_files(
-    root: Path, histories: Sequence[History], previous: Cursor
-) -> tuple[Cursor, list]:
-    """The new cursor, and (schema, path, sha256) of files new or changed since ``previous``."""
-    current: Cursor = {}
-    changed = []
+    root: Path,
+    histories: Sequence[History],
+    previous: dict[str, Any] | None,
+    state_root: str | None = None,
+) -> tuple[dict[str, Any], list[tuple[str, scan.FileState]], dict[str, list]]:
+    """The new cursor, (schema, file) of each file new or changed since ``previous``, and
+    the broken files of each schema (name, error), as many as the cursor names.
+    ``state_root``: where each folder's file index and past contents are kept (default:
+    the folder's __pycache__, written like bytecode)."""
+    schemas: dict[str, Any] = {}
+    changed: list[tuple[str, scan.FileState]] = []
+    broken: dict[str, list] = {}
+    old_schemas = (previous or {}).get("schemas", {})
+    legacy = (previous or {}).get("legacy")
+    listed: dict[str, list] = {h.schema: [] for h in histories}
     for schema, path, st in scan.list_files(histories):
-        key = os.path.relpath(path, root)
-        old = previous.get(key)
-        if old and old[0] == st.st_mtime_ns and old[1] == st.st_size:
-            current[key] = old
+        listed[schema].append((os.path.basename(path), st))
+    for history in histories:
+        schema = history.schema
+        state = _state_dir(state_root, history)
+        stat = scan.stat_digest(listed[schema])
+        old = old_schemas.get(schema)
+        if old is not None and old.get("stat") == stat:
+            schemas[schema] = old  # quiet: no file read, broken ones still named
+            if old.get("broken"):
+                broken[schema] = old["broken"]
             continue
-        sha = file_checksum(path)
-        current[key] = [st.st_mtime_ns, st.st_size, sha]
-        if not old or old[2] != sha:
-            changed.append((schema, path, sha))
-    return current, changed
+        states = scan.folder_states(history, state)
+        checksums = {name: s.checksum for name, s in states.items()}
+        content = scan.content_digest(checksums)
+        bad = sorted((s.name, (s.error or "")[:_ERROR_CHARS]) for s in states.values() if s.error)
+        entry: dict[str, Any] = {"stat": stat, "content": content, "files": len(states)}
+        if bad:
+            entry["broken"] = [list(b) for b in bad[:_BROKEN_SHOWN]] + (
+                [[f"... and {len(bad) - _BROKEN_SHOWN} more", ""]]
+                if len(bad) > _BROKEN_SHOWN
+                else []
+            )
+            broken[schema] = entry["broken"]
+        schemas[schema] = entry
+        if previous is None:
+            scan.save_folder_contents(history, content, checksums, state)
+            continue
+        if legacy is not None:
+            before: dict[str, str] | None = _legacy_contents(root, history, legacy)
+        elif old is None:
+            before = {}  # a schema new since the last tick: every file is new
+        elif old.get("content") == content:
+            continue  # touched, not changed
+        else:
+            before = scan.folder_contents(history, old["content"], state)
+        scan.save_folder_contents(history, content, checksums, state)
+        for name, file in sorted(states.items()):
+            if before is None or before.get(name) != file.checksum:
+                changed.append((schema, file))
+    return {"v": CURSOR_VERSION, "schemas": schemas}, changed, broken
 
 
 def build_revision_files_sensor(
@@ -46,6 +117,7 @@ def build_revision_files_sensor(
     histories = settings.histories
     root = settings.root
     keys = {h.schema: specs.key(environment, h.schema) for h in histories}
+    folders = {h.schema: str(h.folder) for h in histories}
 
     @dg.sensor(
         name=name,
@@ -62,22 +134,31 @@ def build_revision_files_sensor(
     def revision_files_sensor(
         context: dg.SensorEvaluationContext,
     ) -> dg.SensorResult | dg.SkipReason:
-        previous: Cursor | None = json.loads(context.cursor) if context.cursor else None
-        current, changed = changed_files(root, histories, previous or {})
+        previous = _parse_cursor(context.cursor)
+        # Dagster's own storage keeps what the sensor knows of each file: writable where
+        # the project's tree is not, and kept when bytecode is not (the Docker image).
+        state_root = os.path.join(context.instance.storage_directory(), "migrate-sensor")
+        current, changed, broken = changed_files(root, histories, previous, state_root)
+        cursor = json.dumps(current, separators=(",", ":"))
+        # A broken file is named at every tick until it is fixed: the sensor's own page is
+        # where a person watching this sensor looks (a log line scrolls away).
+        broken_note = "; ".join(
+            f"revision file {os.path.relpath(os.path.join(folders[schema], name), root)} is "
+            f"broken ({error}): {schema} is not migrated until it is fixed"
+            if error
+            else f"{schema}: {name}"
+            for schema, files in sorted(broken.items())
+            for name, error in files
+        )
         if previous is None:
-            context.update_cursor(json.dumps(current))
-            return dg.SkipReason(f"first tick: {len(current)} revision files recorded")
-        if not changed:
-            context.update_cursor(json.dumps(current))
-            return dg.SkipReason("no new or changed revision files")
-
-        by_schema: dict[str, list[scan.RevisionFile]] = defaultdict(list)
-        broken: list[scan.RevisionFile] = []
-        for schema, path, _ in changed:
-            parsed = scan.read_revision_file(schema, path)
-            (broken if parsed.error else by_schema[schema]).append(parsed)
-        for bad in broken:
-            context.log.warning(f"revision file {bad.path} is broken: {bad.error}")
+            files = sum(entry["files"] for entry in current["schemas"].values())
+            context.update_cursor(cursor)
+            note = f"; {broken_note}" if broken_note else ""
+            return dg.SkipReason(f"first tick: {files} revision files recorded{note}")
+        by_schema: dict[str, list[scan.FileState]] = {}
+        for schema, state in changed:
+            if state.error is None:
+                by_schema.setdefault(schema, []).append(state)
         requests = [
             dg.RunRequest(
                 run_key=f"{schema}:"
@@ -89,17 +170,13 @@ def build_revision_files_sensor(
                 },
             )
             for schema, files in sorted(by_schema.items())
-            if schema not in {b.schema for b in broken}
+            if schema not in broken
         ]
+        if broken_note:
+            context.log.warning(broken_note)
         if not requests:
-            bad = broken[0]
-            # The broken file's hash is in the cursor: it is reported once, and fixing it
-            # (new content, new hash) triggers a run.
-            context.update_cursor(json.dumps(current))
-            return dg.SkipReason(
-                f"revision file {os.path.relpath(bad.path, root)} is broken ({bad.error}): "
-                f"{bad.schema} is not migrated until it is fixed"
-            )
-        return dg.SensorResult(run_requests=requests, cursor=json.dumps(current))
+            context.update_cursor(cursor)
+            return dg.SkipReason(broken_note or "no new or changed revision files")
+        return dg.SensorResult(run_requests=requests, cursor=cursor)
 
     return revision_files_sensor
