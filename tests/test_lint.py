@@ -502,8 +502,132 @@ def test_an_older_audit_table_gets_the_column_in_place(workspace: Workspace, cap
     if older == "audit-alembic":  # its own columns filled in its conventions, too
         assert (
             workspace.scalar(
-                "SELECT operation_direction FROM alembic_version_history WHERE alembic_version = :v",
+                "SELECT operation_direction FROM alembic_version_history "
+                "WHERE alembic_version = :v",
                 v=INDEX[0],
             )
             == "up"
         )
+
+
+# --- Dagster: metadata, the lint check, refused promotion ------------------------------------
+
+
+def _key(env: str, schema: str = "ecommerce"):
+    import dagster as dg
+
+    return dg.AssetKey([env, schema])
+
+
+def _failures(result) -> list[str]:
+    """The description of each failed step (the dg.Failure a refusal becomes)."""
+    return [
+        e.step_failure_data.user_failure_data.description
+        for e in result.all_events
+        if e.event_type_value == "STEP_FAILURE" and e.step_failure_data.user_failure_data
+    ]
+
+
+def _run_checks(defs, instance, *keys):
+    """Execute only these checks, as the UI's "Execute checks" does: a job selecting them."""
+    import dagster as dg
+
+    job = dg.define_asset_job("run_checks", selection=dg.AssetSelection.checks(*keys))
+    merged = dg.Definitions.merge(defs, dg.Definitions(jobs=[job]))
+    result = merged.resolve_job_def("run_checks").execute_in_process(instance=instance)
+    assert result.success
+    return {e.asset_key: e for e in result.get_asset_check_evaluations()}
+
+
+@pytest.mark.parametrize("case", [INDEX, TYPE_CHANGE, NOT_NULL], ids=lambda c: c[2])
+def test_dagster_shows_findings_and_refuses_promotion_before_any_sql(workspace: Workspace, case):
+    import dagster as dg
+
+    from orchestration.definitions import build_definitions
+
+    revision, upgrade, rule, sql = case
+    add(workspace, revision, upgrade)
+    defs = build_definitions(str(workspace.ini))
+    graph = defs.resolve_asset_graph()
+    specs = {c: graph.get_check_spec(c) for c in graph.asset_check_keys}
+    # the lint check sits next to verify: verify stays the blocking gate, lint does not block
+    keys = graph.get_all_asset_keys()
+    for name, blocking in (("lint", False), ("verify", True)):
+        mine = {c.asset_key: s.blocking for c, s in specs.items() if c.name == name}
+        assert mine == dict.fromkeys(keys, blocking), name
+    assets = defs.resolve_implicit_global_asset_job_def()
+
+    with dg.instance_for_test() as instance:
+        # The lint check ahead of any run: what prod has pending, under prod's rules.
+        lint_prod = dg.AssetCheckKey(_key("prod"), "lint")
+        lint_dev = dg.AssetCheckKey(_key("dev"), "lint")
+        found = _run_checks(defs, instance, lint_prod, lint_dev)
+        prod, dev = found[_key("prod")], found[_key("dev")]
+        assert not prod.passed and prod.severity == dg.AssetCheckSeverity.ERROR
+        assert prod.description.startswith(f"ecommerce {revision} (2024_03_01_0900-{revision}")
+        assert f": {rule}: " in prod.description.splitlines()[0]
+        assert prod.metadata["lint_errors"].value >= 1
+        assert not dev.passed and dev.severity == dg.AssetCheckSeverity.WARN  # dev: warnings
+        assert dev.metadata["lint_errors"].value == 0
+        assert untouched(workspace, "prod") and untouched(workspace, "dev")
+
+        # dev: applied (a warning there), the finding in the materialization's metadata.
+        done = assets.execute_in_process(instance=instance, asset_selection=[_key("dev")])
+        assert done.success and revision in workspace.version_heads("dev")
+        meta = instance.get_latest_materialization_event(_key("dev")).asset_materialization.metadata
+        hits = [r.data for r in meta["lint_findings"].value.records]
+        assert (revision, "warning", rule) in {
+            (h["revision"], h["severity"], h["rule"]) for h in hits
+        }
+        assert {h["revision"] for h in hits} == {revision}
+        assert meta["lint_warnings"].value >= 1 and meta["lint_errors"].value == 0
+        assert revision in meta["lint_revisions"].value.split(", ")
+        # dev has nothing pending any more: its lint check passes.
+        assert _run_checks(defs, instance, lint_dev)[_key("dev")].passed
+
+        # staging's asset: refused before any SQL, the finding first.
+        refused = assets.execute_in_process(
+            instance=instance, asset_selection=[_key("staging")], raise_on_error=False
+        )
+        assert not refused.success
+        [failure] = _failures(refused)
+        first = failure.splitlines()[0]
+        assert first.startswith(f"ecommerce {revision} (") and f": {rule}: " in first, failure
+        assert f"(statement: {sql}" in first
+        assert not refused.get_asset_materialization_events()
+        assert untouched(workspace, "staging")
+
+        # the migrate job, to head (promotion) and to the revision itself (explicit target)
+        for to in ("head", revision):
+            config = {"ops": {"upgrade": {"config": {"environment": "staging", "to": to}}}}
+            job = defs.resolve_job_def("migrate").execute_in_process(
+                run_config=config, instance=instance, raise_on_error=False
+            )
+            assert not job.success
+            [failure] = _failures(job)
+            assert failure.startswith(f"ecommerce {revision} (") and rule in failure, failure
+            assert untouched(workspace, "staging")
+
+
+def test_dagster_promotes_a_clean_revision_and_its_lint_check_passes(workspace: Workspace):
+    import dagster as dg
+
+    from orchestration.definitions import build_definitions
+
+    add(workspace, *CLEAN)
+    defs = build_definitions(str(workspace.ini))
+    with dg.instance_for_test() as instance:
+        check = _run_checks(defs, instance, dg.AssetCheckKey(_key("staging"), "lint"))
+        evaluation = check[_key("staging")]
+        assert evaluation.passed and evaluation.metadata["lint_errors"].value == 0
+        assert CLEAN[0] in evaluation.metadata["lint_revisions"].value
+        result = defs.resolve_implicit_global_asset_job_def().execute_in_process(
+            instance=instance, asset_selection=[_key("dev"), _key("staging")]
+        )
+        assert result.success
+        assert CLEAN[0] in workspace.version_heads("staging")
+        meta = instance.get_latest_materialization_event(
+            _key("staging")
+        ).asset_materialization.metadata
+        assert meta["lint_findings"].value.records == []
+        assert CLEAN[0] in meta["lint_revisions"].value
