@@ -416,6 +416,160 @@ def memory(dbs: Databases, ours_ini: Path, plain_ini: Path, times: int) -> tuple
     return whole_process_upgrade(dbs, ours_ini, plain_ini, times)
 
 
+# --- the everyday deploy (#15): what is pending, on a long history ---------------------------
+
+
+def _undo_last(url: sa.engine.URL, n: int) -> None:
+    """Take the database back one revision by hand (its DDL and the version row), so the
+    next upgrade has exactly one revision to run: the last one, which adds parent_id."""
+    from projects import SCHEMA
+
+    last = n - 1
+    assert last % 4 == 3, "the generated last revision adds a column"
+    engine = sa.create_engine(url, poolclass=sa.NullPool)
+    with engine.begin() as conn:
+        conn.execute(sa.text(f'ALTER TABLE {SCHEMA}."t{last // 4:04d}" DROP COLUMN parent_id'))
+        conn.execute(sa.text("UPDATE alembic_version SET version_num = :v"), {"v": f"{last:012x}"})
+    engine.dispose()
+
+
+def _at_head(dbs: Databases, ini: Path, ours: bool) -> sa.engine.URL:
+    url = dbs.fresh()
+    env = {**base_env(), "DEV_DATABASE_URL": as_text(url), "BENCH_URL": as_text(url)}
+    if ours:
+        run_process([str(BIN / "migrate"), "-c", str(ini), "upgrade"], env)
+    else:
+        run_process([str(BIN / "alembic"), "-c", str(ini), "upgrade", "heads"], env)
+    return url
+
+
+def everyday_deploy(
+    dbs: Databases, work: Path, n: int, times: int
+) -> dict[str, tuple[Sample, Sample]]:
+    """At N revisions: nothing pending, one pending (migrate upgrade against alembic upgrade
+    heads), and status / verify against alembic current; whole processes, interleaved."""
+    ours_ini = make_project(work / f"deploy-ours{n}", n, vanilla=False)
+    plain_ini = make_project(work / f"deploy-plain{n}", n, vanilla=True)
+    ours_url, plain_url = _at_head(dbs, ours_ini, True), _at_head(dbs, plain_ini, False)
+    ours_env = {**base_env(), "DEV_DATABASE_URL": as_text(ours_url)}
+    plain_env = {**base_env(), "BENCH_URL": as_text(plain_url)}
+    migrate = [str(BIN / "migrate"), "-c", str(ours_ini)]
+    alembic = [str(BIN / "alembic"), "-c", str(plain_ini)]
+    # The runs a first deploy makes: caches written (bytecode, scan, settings, audit probe).
+    for _ in range(3):
+        run_process([*migrate, "upgrade"], ours_env)
+        run_process([*alembic, "upgrade", "heads"], plain_env)
+    results: dict[str, tuple[Sample, Sample]] = {}
+
+    def pair(
+        name: str, ours: Callable[[], tuple[float, int]], plain: Callable[[], tuple[float, int]]
+    ) -> None:
+        a, b = Sample([], []), Sample([], [])
+        for _ in range(times):
+            for fn, sample in ((ours, a), (plain, b)):
+                seconds, rss = fn()
+                sample.seconds.append(seconds)
+                sample.max_rss_kb.append(rss)
+        results[name] = (a, b)
+
+    pair(
+        "nothing pending",
+        lambda: run_process([*migrate, "upgrade"], ours_env),
+        lambda: run_process([*alembic, "upgrade", "heads"], plain_env),
+    )
+
+    def one_pending(url: sa.engine.URL, args: list[str], env: dict[str, str]) -> tuple[float, int]:
+        _undo_last(url, n)
+        return run_process(args, env)
+
+    pair(
+        "one pending",
+        lambda: one_pending(ours_url, [*migrate, "upgrade"], ours_env),
+        lambda: one_pending(plain_url, [*alembic, "upgrade", "heads"], plain_env),
+    )
+    current = lambda: run_process([*alembic, "current"], plain_env)  # noqa: E731
+    pair("status", lambda: run_process([*migrate, "status"], ours_env), current)
+    verify = [*migrate, "verify", "--schema", "bench"]
+    pair("verify", lambda: run_process(verify, ours_env), current)
+    dbs.drop(ours_url)
+    dbs.drop(plain_url)
+    return results
+
+
+def sensor_ticks_at(work: Path, files: int, times: int) -> tuple[Sample, int]:
+    """A quiet tick of revision_files_sensor over ``files`` revision files, and its cursor's
+    length in characters."""
+    import dagster as dg
+
+    from orchestration.definitions import discover_schemas
+    from orchestration.defs.sensors import build_revision_files_sensor
+    from orchestration.defs.specs import build_specs
+    from orchestration.defs.translator import SchemaAssetTranslator
+    from orchestration.settings import load_settings
+
+    ini = make_project(work / f"sensor-scale{files}", files, vanilla=False)
+    settings = load_settings(ini)
+    specs = build_specs(settings.environments, discover_schemas(settings), SchemaAssetTranslator())
+    sensor = build_revision_files_sensor(settings, specs, "dev")
+    with dg.instance_for_test() as instance:
+        context = dg.build_sensor_context(instance=instance, cursor=None)
+        sensor(context)
+        cursor = context.cursor
+        quiet = Sample([], [])
+        for _ in range(times):
+            context = dg.build_sensor_context(instance=instance, cursor=cursor)
+            started = time.perf_counter()
+            result = sensor(context)
+            quiet.seconds.append(time.perf_counter() - started)
+            assert isinstance(result, dg.SkipReason)
+    return quiet, len(cursor or "")
+
+
+def deploy_report(dbs: Databases, work: Path, sizes: list[int], times: int) -> list[Row]:
+    rows: list[Row] = []
+    targets = {"nothing pending": 0.35, "one pending": 0.85, "status": 0.5, "verify": 0.5}
+    for n in sizes:
+        results = everyday_deploy(dbs, work, n, times)
+        for case, (ours, plain) in results.items():
+            ratio = ours.median / plain.median
+            what = "alembic current" if case in ("status", "verify") else "alembic upgrade heads"
+            rows.append(
+                Row(
+                    f"{case}, N={n} (migrate {'upgrade' if 'pending' in case else case})",
+                    ours.spread(),
+                    f"{what} {plain.spread()}",
+                    f"{ratio:.2f}",
+                    f"<= {targets[case]}" if n == 1000 else "-",
+                    (ratio <= targets[case]) if n == 1000 else None,
+                )
+            )
+    quiet, length = sensor_ticks_at(work, 10_000, max(times, 10))
+    rows.append(
+        Row(
+            "revision_files_sensor quiet tick, 10,000 files",
+            quiet.spread(1000, "ms", 1),
+            f"cursor {length} characters",
+            "-",
+            "<= 50 ms",
+            quiet.median <= 0.050,
+        )
+    )
+    return rows
+
+
+def print_rows(rows: list[Row], dbs: Databases, times: int) -> None:
+    print(
+        f"\nmachine: {platform.node()}, {os.cpu_count()} cores, Python "
+        f"{platform.python_version()}, PostgreSQL at {dbs.server.host or 'socket'}; "
+        f"{date.today()}; {times} runs each, median (min-max)\n"
+    )
+    print("| case | ours | compared with | ratio | target | met |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        met = "-" if r.met is None else ("yes" if r.met else "**no**")
+        print(f"| {r.case} | {r.ours} | {r.baseline} | {r.ratio} | {r.target} | {met} |")
+
+
 # --- report -----------------------------------------------------------------------------
 
 
@@ -425,12 +579,25 @@ def main() -> None:
     )
     parser.add_argument("--repeat", type=int, default=7, help="runs per case (default 7)")
     parser.add_argument("--quick", action="store_true", help="N=50 instead of 200, 3 runs")
+    parser.add_argument(
+        "--deploy",
+        metavar="N[,N...]",
+        help="only the everyday deploy (nothing / one pending, status, verify) at these sizes, "
+        "and the sensor's quiet tick over 10,000 files (e.g. --deploy 100,1000,5000)",
+    )
     args = parser.parse_args()
     times = 3 if args.quick else args.repeat
     n = 50 if args.quick else 200
     dbs = Databases(server_url())
     work = Path(tempfile.mkdtemp(prefix="bench-"))
     rows: list[Row] = []
+    if args.deploy:
+        try:
+            rows = deploy_report(dbs, work, [int(s) for s in args.deploy.split(",")], times)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        print_rows(rows, dbs, times)
+        return
     try:
         ours_ini = make_project(work / f"ours{n}", n, vanilla=False)
         plain_ini = make_project(work / f"plain{n}", n, vanilla=True)
@@ -583,17 +750,7 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    print(
-        f"\nmachine: {platform.node()}, {os.cpu_count()} cores, Python "
-        f"{platform.python_version()}, PostgreSQL at {dbs.server.host or 'socket'}; "
-        f"{date.today()}; {times} runs each, median (min-max)\n"
-    )
-    header = "| case | ours | compared with | ratio | target | met |"
-    print(header)
-    print("|---|---|---|---|---|---|")
-    for r in rows:
-        met = "-" if r.met is None else ("yes" if r.met else "**no**")
-        print(f"| {r.case} | {r.ours} | {r.baseline} | {r.ratio} | {r.target} | {met} |")
+    print_rows(rows, dbs, times)
 
 
 if __name__ == "__main__":
