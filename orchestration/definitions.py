@@ -18,6 +18,7 @@ from orchestration import scan
 from orchestration.defs.assets import build_schema_assets
 from orchestration.defs.fleet import build_fleet_job
 from orchestration.defs.jobs import build_jobs
+from orchestration.defs.observe import build_in_step_checks, build_revision_observer
 from orchestration.defs.resource import MigrationResource, config_path, default_alembic_ini
 from orchestration.defs.schedules import build_environment_sync
 from orchestration.defs.sensors import build_revision_files_sensor
@@ -99,7 +100,7 @@ def build_definitions(
     jobs = build_jobs(specs, environments, names)
     return dg.Definitions(
         assets=assets,
-        asset_checks=checks,
+        asset_checks=[*checks, *build_in_step_checks(settings, specs, names("in_step_checks"))],
         jobs=[
             jobs.migrate,
             jobs.rollback,
@@ -117,6 +118,7 @@ def build_definitions(
             build_revision_files_sensor(
                 settings, specs, env_names[0], names("revision_files_sensor")
             ),
+            build_revision_observer(settings, specs, names("revision_observer")),
             # Dagster's default automation sensor starts STOPPED; promote = "auto" in
             # migrate.toml is meant to work as soon as the daemon runs.
             dg.AutomationConditionSensorDefinition(

@@ -772,3 +772,199 @@ def test_each_schema_assets_code_version_follows_its_revision_files(workspace: W
 
     path.write_text(path.read_text() + "\n# edited\n")
     assert versions()["dev/ecommerce"] not in (added["dev/ecommerce"], before["dev/ecommerce"])
+
+
+# --- issue 14: revision state in the UI, true and actionable ---------------------------------
+
+
+def _observe(defs, instance, cursor):
+    sensor = defs.resolve_sensor_def("revision_observer")
+    context = dg.build_sensor_context(instance=instance, cursor=cursor, definitions=defs)
+    result = sensor(context)
+    return result, result.cursor
+
+
+def _observed(result) -> dict[str, str]:
+    return {
+        e.asset_key.to_user_string(): e.metadata["current_revision"].value
+        for e in result.asset_events
+        if isinstance(e, dg.AssetObservation)
+    }
+
+
+def test_the_observer_reports_changes_made_outside_dagster_and_never_promotes(
+    defs, instance, workspace
+):
+    from orchestration import engine
+
+    first, cursor = _observe(defs, instance, None)
+    assert _observed(first) == {
+        f"{env}/{schema}": "base"
+        for env in ("dev", "staging", "prod")
+        for schema in ("ecommerce", "analytics")
+    }
+    # the cursor holds one short entry per (environment, schema), whatever the files
+    assert len(json.loads(cursor)) == 6 and len(cursor) < 400
+    quiet, cursor = _observe(defs, instance, cursor)
+    assert quiet.asset_events == [] and "no revision moved" in quiet.skip_reason.skip_message
+
+    baseline = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+    project = workspace.project()
+    assert engine.upgrade(project, "dev").ok  # the CLI's engine, no Dagster run
+    moved, cursor = _observe(defs, instance, cursor)
+    assert _observed(moved) == {"dev/ecommerce": ECOMMERCE_HEAD, "dev/analytics": ANALYTICS_HEAD}
+    event = next(e for e in moved.asset_events if isinstance(e, dg.AssetObservation))
+    assert event.metadata["behind_head"].value == 0
+    # staging is now behind dev: its in_step check says by how much, without blocking
+    in_step = {
+        e.asset_key.to_user_string(): e
+        for e in moved.asset_events
+        if isinstance(e, dg.AssetCheckEvaluation)
+    }
+    assert not in_step["staging/ecommerce"].passed
+    assert in_step["staging/ecommerce"].severity == dg.AssetCheckSeverity.WARN
+    assert "5 revision(s) behind dev" in in_step["staging/ecommerce"].description
+
+    assert engine.downgrade(project, "dev", schemas=["ecommerce"], to="-1").ok
+    back, _ = _observe(defs, instance, cursor)
+    assert _observed(back) == {"dev/ecommerce": "fac149d9b774"}
+    # reported as the daemon does, then: observations are never upstream updates
+    for e in (*moved.asset_events, *back.asset_events):
+        instance.report_runless_asset_event(e)
+    after = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=baseline.cursor)
+    assert after.total_requested == 0
+    assert instance.get_latest_materialization_event(_key("dev", "ecommerce")) is None
+
+
+def test_the_in_step_check_runs_on_its_own_too(defs, instance, workspace):
+    from orchestration import engine
+
+    assert engine.upgrade(workspace.project(), "dev").ok
+    key = dg.AssetCheckKey(_key("prod", "analytics"), "in_step")
+    only = dg.define_asset_job("in_step_only", selection=dg.AssetSelection.checks(key))
+    job = dg.Definitions.merge(defs, dg.Definitions(jobs=[only])).resolve_job_def("in_step_only")
+    result = job.execute_in_process(instance=instance)
+    assert result.success  # WARN: never fails a run
+    (evaluation,) = result.get_asset_check_evaluations()
+    assert evaluation.passed  # prod and staging both at base
+    assert evaluation.description == "prod/analytics is at base, staging at base: in step"
+
+
+def _step_failures(result) -> list[str]:
+    return [
+        e.step_failure_data.user_failure_data.description
+        for e in result.all_events
+        if e.event_type_value == "STEP_FAILURE"
+    ]
+
+
+def test_a_failed_verify_names_its_finding_first_on_the_asset_and_the_job_path(workspace, instance):
+    body = simple_revision("nocheck00001", ECOMMERCE_HEAD, "never_filled")
+    body += "\n\ndef verify(connection):\n    return 'never_filled has no rows'\n"
+    workspace.add_revision("ecommerce", "2024_03_02_0900-nocheck00001_add.py", body)
+    defs = build_definitions(str(workspace.ini))
+    finding = "verify failed for dev/ecommerce: nocheck00001 verify(): never_filled has no rows"
+
+    asset_run = defs.resolve_implicit_global_asset_job_def().execute_in_process(
+        instance=instance, asset_selection=[_key("dev", "ecommerce")], raise_on_error=False
+    )
+    job_run = defs.resolve_job_def("migrate").execute_in_process(
+        instance=instance, raise_on_error=False
+    )
+
+    for run in (asset_run, job_run):
+        (first,) = _step_failures(run)
+        assert first.splitlines()[0] == finding
+        # the run's own failure carries the step's error: its message names the finding
+        failure = next(
+            e.dagster_event
+            for e in instance.all_logs(run.run_id)
+            if e.dagster_event and e.dagster_event.event_type == dg.DagsterEventType.RUN_FAILURE
+        )
+        assert finding in failure.job_failure_data.error.message
+        evaluation = _evaluation(run, _key("dev", "ecommerce"))
+        assert not evaluation.passed
+        kinds = evaluation.metadata["checks"].value
+        assert "| hooks | **failed** | nocheck00001 verify(): never_filled has no rows |" in kinds
+        assert "| drift | passed |  |" in kinds
+        assert evaluation.metadata["audit_row_id"].value.isdigit()  # text: not plotted
+
+
+def test_the_rollback_launchpad_offers_choices(defs, instance, workspace, monkeypatch):
+    job = defs.resolve_job_def("rollback")
+    ok = {"schema_name": "analytics", "to": "54886dd283f2", "environment": "staging"}
+    assert dg.validate_run_config(job, {"ops": {"downgrade": {"config": ok}}})
+    for bad in ({"schema_name": "billing"}, {"environment": "qa"}, {"to": "-2"}):
+        with pytest.raises(dg.DagsterInvalidConfigError):
+            dg.validate_run_config(job, {"ops": {"downgrade": {"config": {**ok, **bad}}}})
+    fields = job.graph.node_named("downgrade").definition.config_mapping.config_schema
+    to = fields.config_type.fields["to"]
+    values = {v.config_value: v.description for v in to.config_type.enum_values}
+    assert values["-1"] == "one revision back" and "base" in values
+    assert values["54886dd283f2"].startswith("analytics: ")
+    assert "ecommerce: 7afdd87a5e29, 07e0f754c9d8" in to.description
+    environments = fields.config_type.fields["environment"].config_type.enum_values
+    assert [v.config_value for v in environments] == ["dev", "staging", "prod"]
+
+    # the asset page links the Launchpad, filled for that environment and schema
+    from urllib.parse import parse_qs, urlparse
+
+    description = (
+        defs.resolve_assets_def(_key("prod", "ecommerce"))
+        .specs_by_key[_key("prod", "ecommerce")]
+        .description
+    )
+    link = description.split("back](")[1].split(")")[0]
+    assert urlparse(link).path == "/guess/rollback/playground/setup"
+    config = parse_qs(urlparse(link).query)["config"][0]
+    import yaml
+
+    assert yaml.safe_load(config) == {
+        "ops": {
+            "downgrade": {"config": {"environment": "prod", "schema_name": "ecommerce", "to": "-1"}}
+        }
+    }
+    assert dg.validate_run_config(job, yaml.safe_load(config))
+
+    # a revision of another schema: one line, no retry
+    assert defs.resolve_job_def("migrate").execute_in_process(instance=instance).success
+    wrong = job.execute_in_process(
+        instance=instance,
+        raise_on_error=False,
+        run_config={
+            "ops": {"downgrade": {"config": {**ok, "environment": "dev", "to": "fac149d9b774"}}}
+        },
+    )
+    (message,) = _step_failures(wrong)
+    assert "fac149d9b774" in message and len(message.splitlines()) == 1
+
+    # no machine's absolute path as the resource's default: relative to the code location
+    monkeypatch.chdir(workspace.root)
+    here = build_definitions("alembic.ini")
+    assert here.resources["migrations"].alembic_ini == "alembic.ini"
+
+
+def test_fleet_jobs_only_where_a_fleet_is_configured(workspace):
+    names = {j.name for j in build_definitions(str(workspace.ini)).resolve_all_job_defs()}
+    assert not any(n.startswith("fleet_") for n in names)
+    path = workspace.root / "migrate.toml"
+    path.write_text(path.read_text() + '\n[environments.staging.fleet]\ndatabases = ["t1"]\n')
+    names = {j.name for j in build_definitions(str(workspace.ini)).resolve_all_job_defs()}
+    assert {n for n in names if n.startswith("fleet_")} == {"fleet_staging"}
+
+
+def test_environment_sync_verifies_every_environment_whatever_the_launch(defs):
+    job = defs.resolve_job_def("environment_sync")
+    steps = {node.name for node in job.graph.nodes}
+    assert {"verify_dev", "verify_staging", "verify_prod"} <= steps
+    assert "upgrade_prod" not in steps  # manual: verified, never upgraded
+    # an op job: the Launchpad launches every step, no asset or check subset to drop prod
+    assert not job.asset_layer.executable_asset_keys
+
+
+def test_a_materialization_shows_revisions_in_three_columns(defs, instance):
+    job = defs.resolve_implicit_global_asset_job_def()
+    assert job.execute_in_process(instance=instance, asset_selection=[_key("dev", "analytics")])
+    event = instance.get_latest_materialization_event(_key("dev", "analytics"))
+    table = event.asset_materialization.metadata["revisions_applied"].value
+    assert [c.name for c in table.schema.columns] == ["to", "message", "ms"]
