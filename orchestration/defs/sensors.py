@@ -64,13 +64,10 @@ def changed_files(
     broken: dict[str, list] = {}
     old_schemas = (previous or {}).get("schemas", {})
     legacy = (previous or {}).get("legacy")
-    listed: dict[str, list] = {h.schema: [] for h in histories}
-    for schema, path, st in scan.list_files(histories):
-        listed[schema].append((os.path.basename(path), st))
     for history in histories:
         schema = history.schema
         state = _state_dir(state_root, history)
-        stat = scan.stat_digest(listed[schema])
+        stat, _ = scan.stat_digest(history)
         old = old_schemas.get(schema)
         if old is not None and old.get("stat") == stat:
             schemas[schema] = old  # quiet: no file read, broken ones still named
