@@ -968,3 +968,59 @@ def test_a_materialization_shows_revisions_in_three_columns(defs, instance):
     event = instance.get_latest_materialization_event(_key("dev", "analytics"))
     table = event.asset_materialization.metadata["revisions_applied"].value
     assert [c.name for c in table.schema.columns] == ["to", "message", "ms"]
+
+
+def test_the_audit_timeline_keeps_steps_of_one_second_apart_and_is_on_each_asset(defs, instance):
+    import base64
+    import re
+    import xml.etree.ElementTree as ET
+    from datetime import datetime
+
+    from orchestration.audit import AuditRow
+    from orchestration.plot import WIDTH, audit_timeline
+
+    at = datetime(2026, 1, 1, 9, 0, 0)  # one second for all: a whole upgrade often is
+    rows = [
+        AuditRow(op, rev, None, None, "ecommerce", "dev", ok, id=i, changed_at=at)
+        for i, (op, rev, ok) in enumerate(
+            [
+                ("migration", "a1", True),
+                ("migration", "b2", True),
+                ("verify", "b2", True),
+                ("rollback", "a1", True),
+                ("verify", "a1", False),
+            ]
+        )
+    ]
+    svg = ET.fromstring(audit_timeline(rows, "t"))
+    assert int(svg.get("width")) == WIDTH <= 660  # fits the UI's metadata column
+    ns = "{http://www.w3.org/2000/svg}"
+
+    def centre(g) -> tuple[float, float]:
+        shape = list(g)[1]
+        if shape.tag == f"{ns}circle":
+            return float(shape.get("cx")), float(shape.get("cy"))
+        numbers = [float(n) for n in re.findall(r"-?[\d.]+", shape.get("points") or shape.get("d"))]
+        return sum(numbers[0::2]) / len(numbers[0::2]), sum(numbers[1::2]) / len(numbers[1::2])
+
+    marks = [(g.get("class"), centre(g)) for g in svg.iter(f"{ns}g")]
+    assert [c for c, _ in marks] == [
+        "mark migration",
+        "mark migration",
+        "mark verify",
+        "mark rollback",
+        "mark failed",
+    ]
+    assert len({x for _, (x, _) in marks}) == 5  # no two marks on one spot
+    # verifies on a row of their own, under the changes: a verify never hides a migration
+    changes = [y for c, (_, y) in marks if c in ("mark migration", "mark rollback")]
+    verifies = [y for c, (_, y) in marks if c in ("mark verify", "mark failed")]
+    assert max(changes) + 10 < min(verifies)
+
+    job = defs.resolve_implicit_global_asset_job_def()
+    assert job.execute_in_process(instance=instance, asset_selection=[_key("dev", "ecommerce")])
+    meta = instance.get_latest_materialization_event(_key("dev", "ecommerce")).asset_materialization
+    picture = meta.metadata["audit_timeline"].value
+    encoded = picture.split("base64,")[1].rstrip(")")
+    drawn = ET.fromstring(base64.b64decode(encoded))
+    assert [g.get("class") for g in drawn.iter(f"{ns}g")] == ["mark migration"] * 5

@@ -40,6 +40,7 @@ def build_schema_asset(item: SchemaAssetSpec, resource_key: str) -> dg.AssetsDef
             metadata={
                 **metadata.run_metadata(env, schema, result.steps, status),
                 **metadata.promotion_metadata(promoted),
+                **metadata.schema_history_metadata(env, schema, migrations.history(env)),
                 **lint_checks.lint_metadata(
                     migrations.project(), env, schema, result.steps, status
                 ),

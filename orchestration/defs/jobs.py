@@ -167,6 +167,12 @@ def _report(
             if spec.code_version and event is dg.AssetMaterialization
             else None
         )
+        if event is dg.AssetMaterialization:
+            meta.update(
+                metadata.schema_history_metadata(
+                    environment, schema, migrations.history(environment)
+                )
+            )
         yield event(asset_key=spec.key, metadata=meta, tags=tags)
     if not result.ok:
         raise metadata.failure(environment, result)

@@ -207,14 +207,14 @@ def clear_errors() -> Iterator[None]:
 
 
 def audit_history_metadata(
-    environment: str, rows: list[audit.AuditRow]
+    environment: str, rows: list[audit.AuditRow], title: str | None = None
 ) -> dict[str, dg.MetadataValue]:
     """The environment's recent audit history: a timeline picture and the rows as a table."""
     import base64
 
     from orchestration.plot import audit_timeline
 
-    svg = audit_timeline(rows, f"alembic_version_history in {environment}")
+    svg = audit_timeline(rows, title or f"alembic_version_history in {environment}")
     encoded = base64.b64encode(svg.encode()).decode()
     lines = [
         "| id | changed_at | schema | operation | from | to | ok | ms | run |",
@@ -233,3 +233,13 @@ def audit_history_metadata(
         ),
         "audit_history": dg.MetadataValue.md("\n".join(lines)),
     }
+
+
+def schema_history_metadata(
+    environment: str, schema: str, rows: list[audit.AuditRow]
+) -> dict[str, dg.MetadataValue]:
+    """One schema's recent audit history, for its asset's materialization: the picture only
+    (the steps of this run are in revisions_applied)."""
+    mine = [r for r in rows if r.schema_name == schema]
+    picture = audit_history_metadata(environment, mine, f"{environment}/{schema}: audit history")
+    return {"audit_timeline": picture["audit_timeline"]}
