@@ -41,8 +41,13 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "prefer-timestamptz": ("prefer-timestamp-tz",),
     "require-timeout-settings": ("require-lock-timeout", "require-statement-timeout"),
 }
-# Reported by squawk without being rules it accepts in --include/--exclude.
-PSEUDO_RULES = frozenset({"syntax-error"})
+# A revision whose SQL cannot be rendered offline (it reads rows through op.get_bind()):
+# squawk has nothing to read, so lint reports that itself, at this rule's severity, and the
+# revision's squawk_ignore can name it once someone reviewed the revision by hand.
+OFFLINE_RENDER = "offline-render"
+# Reported by squawk (syntax-error) or by lint (offline-render) without being rules squawk
+# accepts in --include/--exclude.
+PSEUDO_RULES = frozenset({"syntax-error", OFFLINE_RENDER})
 # The revision-level variable a revision silences rules with, read as text (never imported).
 IGNORE_VARIABLE = "squawk_ignore"
 
@@ -390,7 +395,14 @@ def lint_revisions(
         result = LintResult(environment, squawk_version(binary), all_revisions=all_revisions)
         if not revisions:
             return result
-        rendered = [render(project, environment, r) for r in revisions]
+        rendered: list[list[_Piece]] = []
+        unrendered: dict[int, str] = {}
+        for i, revision in enumerate(revisions):
+            try:
+                rendered.append(render(project, environment, revision))
+            except MigrationError as exc:
+                rendered.append([])
+                unrendered[i] = str(exc)
         files = []
         for i, pieces in enumerate(rendered):
             path = Path(folder) / f"r{i:04d}.sql"
@@ -415,9 +427,11 @@ def lint_revisions(
     by_file: dict[str, list[dict]] = {}
     for item in reported:
         by_file.setdefault(Path(str(item.get("file", ""))).name, []).append(item)
-    for revision, pieces, path in zip(revisions, rendered, files, strict=True):
+    for i, (revision, pieces, path) in enumerate(zip(revisions, rendered, files, strict=True)):
         own = ignores[revision.path]
         found = _findings(by_file.get(path.name, []), pieces, rules, own)
+        if i in unrendered:
+            found = _unrendered(unrendered[i], rules, own) + found
         result.revisions.append(RevisionLint(revision, "".join(p.text for p in pieces), found))
         silenced = {f.rule for f in found if f.severity == "ignored"}
         for rule in own:
@@ -430,6 +444,28 @@ def lint_revisions(
                     "revision does not trip: remove it"
                 )
     return result
+
+
+def _unrendered(message: str, rules: Rules, ignores: dict[str, str]) -> tuple[LintFinding, ...]:
+    severity = rules.severity(OFFLINE_RENDER)
+    if severity == "off":
+        return ()
+    reason = ignores.get(OFFLINE_RENDER)
+    return (
+        LintFinding(
+            rule=OFFLINE_RENDER,
+            severity="ignored" if reason else severity,
+            message=message,
+            help=(
+                "lint reads the SQL a revision renders offline (alembic --sql); review this "
+                f'one by hand, then say so in it: {IGNORE_VARIABLE} = {{"{OFFLINE_RENDER}": '
+                '"<reason>"}'
+            ),
+            statement="",
+            line=0,
+            reason=reason,
+        ),
+    )
 
 
 def _findings(
@@ -511,7 +547,7 @@ def finding_line(revision: Revision, finding: LintFinding) -> str:
     statement = " ".join((finding.excerpt or finding.statement).split())
     return (
         f"{revision.schema} {revision.revision} ({revision.path.name}): {finding.rule}: "
-        f"{finding.message} (statement: {statement})"
+        f"{finding.message}" + (f" (statement: {statement})" if statement else "")
     )
 
 

@@ -631,3 +631,46 @@ def test_dagster_promotes_a_clean_revision_and_its_lint_check_passes(workspace: 
         ).asset_materialization.metadata
         assert meta["lint_findings"].value.records == []
         assert CLEAN[0] in meta["lint_revisions"].value
+
+
+READS_ROWS = (
+    "aaa000000006",
+    '    count = op.get_bind().execute(sa.text("SELECT count(*) FROM ecommerce.orders"))'
+    ".scalar()\n"
+    "    op.execute(f\"COMMENT ON TABLE ecommerce.orders IS '{count} orders'\")",
+)
+
+
+def test_a_revision_that_cannot_render_offline_is_a_finding_it_can_silence(
+    workspace: Workspace, capsys
+):
+    """A data migration that reads rows has no offline SQL for squawk: lint says so as
+    offline-render, at the environment's level; a reviewed revision names it in squawk_ignore."""
+    add(workspace, *READS_ROWS)
+    code, data = run_json(capsys, "lint", "--env", "prod")
+    assert code == 1
+    [hit] = findings(data)
+    assert (hit["revision"], hit["rule"], hit["severity"]) == (
+        READS_ROWS[0],
+        "offline-render",
+        "error",
+    )
+    assert hit["message"].startswith(f"cannot render the SQL of revision {READS_ROWS[0]}")
+    code, data = run_json(capsys, "lint", "--env", "dev")
+    assert code == 0 and [f["severity"] for f in findings(data)] == ["warning"]
+
+    promote_dev(workspace, capsys)  # applied in dev (a warning there): it reads 0 orders
+    code, _, err = run(capsys, "upgrade", "--env", "staging")
+    assert code == 1 and err.startswith(f"migrate: failed: ecommerce {READS_ROWS[0]} (")
+    assert ": offline-render: cannot render" in err.splitlines()[0]
+    assert untouched(workspace, "staging")
+
+    path = workspace.versions / "ecommerce" / f"2024_03_01_0900-{READS_ROWS[0]}_lint.py"
+    path.write_text(
+        path.read_text().replace(
+            "depends_on = None\n",
+            'depends_on = None\nsquawk_ignore = {"offline-render": "reviewed: one COMMENT"}\n',
+        )
+    )
+    code, data = run_json(capsys, "lint", "--env", "prod")
+    assert code == 0 and [f["severity"] for f in findings(data)] == ["ignored"]
