@@ -596,10 +596,25 @@ def gate(
     revisions = to_apply(project, applied, targets)
     if not revisions:
         return None
-    result = lint_revisions(project, environment, revisions)
+    # A fleet upgrades many databases with the same pending files: lint them once. The key
+    # holds what the result depends on: the rules as read now and each file's content.
+    key = (
+        str(project.settings.alembic_ini),
+        repr(rules_for(project, environment)),
+        tuple((r.revision, r.checksum) for r in revisions),
+    )
+    result = _GATED.get(key)
+    if result is None:
+        result = lint_revisions(project, environment, revisions)
+        if len(_GATED) >= 64:
+            _GATED.clear()
+        _GATED[key] = result
     if not result.ok:
         raise LintRefused(result)
     return result
+
+
+_GATED: dict[tuple, LintResult] = {}
 
 
 # --- what the audit row keeps ------------------------------------------------------------------

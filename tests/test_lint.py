@@ -674,3 +674,31 @@ def test_a_revision_that_cannot_render_offline_is_a_finding_it_can_silence(
     )
     code, data = run_json(capsys, "lint", "--env", "prod")
     assert code == 0 and [f["severity"] for f in findings(data)] == ["ignored"]
+
+
+def test_the_gate_lints_the_same_files_under_the_same_rules_once(workspace: Workspace, monkeypatch):
+    """A fleet upgrades many databases with the same pending files: squawk runs once."""
+    from orchestration import engine
+
+    calls: list[list[str]] = []
+    squawk = lint._squawk
+
+    def counted(binary, args, cwd):
+        calls.append(list(args))
+        return squawk(binary, args, cwd)
+
+    monkeypatch.setattr(lint, "_squawk", counted)
+    project = workspace.project()
+    heads = [project.head(s) for s in project.schemas]
+    engine.lint_gate(project, "staging", heads)
+    first = len(calls)
+    assert first >= 1
+    engine.lint_gate(project, "staging", heads, database=workspace.urls["prod"].database)
+    assert len(calls) == first
+    engine.lint_gate(project, "dev", heads)  # dev's rules cannot refuse: not linted at all
+    assert len(calls) == first
+    edit_toml(workspace, 'prefer-text-field = "off"', 'prefer-text-field = "error"')
+    with pytest.raises(lint.LintRefused) as refused:
+        engine.lint_gate(workspace.project(), "staging", heads)  # new rules: linted again
+    assert len(calls) > first
+    assert ": prefer-text-field: " in str(refused.value).splitlines()[0]
