@@ -8,11 +8,19 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from conftest import ECOMMERCE_HEAD, ENV_URL_VARS, REPO, Workspace, running_dagster
+from conftest import (
+    ECOMMERCE_HEAD,
+    ENV_URL_VARS,
+    REPO,
+    Workspace,
+    running_dagster,
+    simple_revision,
+)
 
 from orchestration import embedded
 from orchestration.settings import load_settings
@@ -140,3 +148,108 @@ def _dev_url(settings) -> str:
     from orchestration.targets import database_url
 
     return database_url(settings, "dev").render_as_string(hide_password=False)
+
+
+def test_revision_state_is_visible_true_and_actionable(browser, embedded_ui, workspace):
+    """Issue 14 in a browser: a new file shows the dev asset as changed before any run; a
+    CLI upgrade shows on the asset; a failed verify's finding is on the run page without a
+    click; the rollback Launchpad, reached from the asset page, is filled from choices."""
+    from dagster_graphql import DagsterGraphQLClient
+
+    from orchestration import engine
+    from orchestration.revisions import MigrationProject
+
+    base, settings = embedded_ui
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    client = DagsterGraphQLClient("127.0.0.1", port_number=int(base.rsplit(":", 1)[1]))
+
+    def shot(name: str) -> None:
+        page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
+
+    def wait_run(run_id: str) -> str:
+        deadline = time.monotonic() + 240
+        status = client.get_run_status(run_id).value
+        while status not in ("SUCCESS", "FAILURE", "CANCELED"):
+            assert time.monotonic() < deadline, status
+            time.sleep(1)
+            status = client.get_run_status(run_id).value
+        return status
+
+    assert wait_run(client.submit_job_execution("migrate")) == "SUCCESS"
+
+    # 1. a new revision file: after a reload, dev/ecommerce shows its code version changed.
+    # The revision_files_sensor would migrate it within 30 s: stopped, to see the state first.
+    found = client._execute(
+        "query($s: SensorSelector!) { sensorOrError(sensorSelector: $s) { ... on Sensor { id } } }",
+        {
+            "s": {
+                "repositoryLocationName": "orchestration.definitions",
+                "repositoryName": "__repository__",
+                "sensorName": "revision_files_sensor",
+            }
+        },
+    )
+    client._execute(
+        "mutation($id: String) { stopSensor(id: $id) { __typename } }",
+        {"id": found["sensorOrError"]["id"]},
+    )
+    workspace.add_revision(
+        "ecommerce",
+        "2024_03_02_0900-b0000000000a_wishlists.py",
+        simple_revision("b0000000000a", ECOMMERCE_HEAD, "wishlists"),
+    )
+    client.reload_repository_location("orchestration.definitions")
+    page.goto(f"{base}/assets/dev/ecommerce", wait_until="networkidle")
+    skip = page.get_by_role("button", name="Skip")
+    if skip.count():
+        skip.click()
+    try:
+        page.get_by_text("Unsynced").first.wait_for(timeout=60_000)
+    except Exception:
+        shot("6-debug")
+        raise
+    assert page.get_by_text("b0000000000a").count() >= 1  # the description, reloaded
+    shot("6-new-revision-file-unsynced")
+
+    # 2. a CLI upgrade of staging (the engine, no Dagster run) shows on the staging asset
+    project = MigrationProject(load_settings(workspace.ini))
+    assert engine.upgrade(project, "staging", to=ECOMMERCE_HEAD).ok
+    deadline = time.monotonic() + 200
+    while True:
+        page.goto(f"{base}/assets/staging/ecommerce?view=events", wait_until="networkidle")
+        observed = f"staging/ecommerce is at {ECOMMERCE_HEAD} (observed in the database)"
+        if page.get_by_text(observed).count():
+            break
+        assert time.monotonic() < deadline, "revision_observer never reported staging"
+        time.sleep(10)
+    page.get_by_text(observed).first.click()  # the newest observation, its metadata
+    shot("7-cli-upgrade-observed")
+
+    # 3. the rollback Launchpad from the asset page's link, filled from choices
+    page.goto(f"{base}/assets/dev/analytics", wait_until="networkidle")
+    page.get_by_role("link", name="Roll dev/analytics back").first.click()
+    page.get_by_text("No errors").wait_for(timeout=60_000)
+    editor = page.locator(".CodeMirror").first
+    text = editor.inner_text()
+    assert "schema_name: analytics" in text and 'to: "-1"' in text
+    shot("8-rollback-launchpad")
+    page.get_by_role("button", name="Launch Run").click()
+    page.wait_for_url("**/runs/**", timeout=60_000)
+    rollback_id = page.url.rstrip("/").split("/runs/")[1].split("?")[0]
+    assert wait_run(rollback_id) == "SUCCESS"
+    page.get_by_text("RUN_SUCCESS").first.wait_for(timeout=60_000)
+    shot("9-rollback-succeeded")
+
+    # 4. drift in dev: the migrate run fails, its finding readable on the run page
+    dev = sa.create_engine(sa.engine.make_url(_dev_url(settings)), poolclass=sa.NullPool)
+    with dev.connect() as conn:
+        conn.exec_driver_sql("CREATE TABLE ecommerce.by_hand (id int)")
+        conn.commit()
+    dev.dispose()
+    failed = client.submit_job_execution("migrate")
+    assert wait_run(failed) == "FAILURE"
+    page.goto(f"{base}/runs/{failed}", wait_until="networkidle")
+    page.get_by_text("verify failed for dev/ecommerce").first.wait_for(timeout=60_000)
+    assert page.get_by_text("by_hand").count() >= 1
+    shot("10-verify-finding-on-the-run-page")
