@@ -77,7 +77,14 @@ def build_definitions(
     """
     names = Names(prefix)
     urls = _database_urls(database_urls or {})
-    settings = load_settings(alembic_ini or default_alembic_ini()).with_urls(urls)
+    # Sensors and checks read the settings built here, outside any run: a dg.EnvVar is
+    # read from its variable when used, as migrate.toml's url_env.
+    settings = load_settings(alembic_ini or default_alembic_ini()).with_urls(
+        urls={env: url for env, url in urls.items() if not isinstance(url, dg.EnvVar)},
+        variables={
+            env: url.env_var_name for env, url in urls.items() if isinstance(url, dg.EnvVar)
+        },
+    )
     environments = list(settings.environments)
     env_names = [e.name for e in environments]
     auto_envs = [e.name for e in environments if e.promote == "auto"]

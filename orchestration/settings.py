@@ -60,7 +60,7 @@ class LintRules:
 class LintSettings:
     """migrate.toml's [lint] (every environment) and [lint.environments.<name>]."""
 
-    base: LintRules = LintRules(default="error")
+    base: LintRules = LintRules()  # no default named: lint.DEFAULT_SEVERITY
     environments: tuple[tuple[str, LintRules], ...] = ()
 
     def for_environment(self, name: str) -> LintRules:
@@ -97,18 +97,22 @@ class ProjectSettings:
     def environment_names(self) -> tuple[str, ...]:
         return tuple(env.name for env in self.environments)
 
-    def with_urls(self, urls: Mapping[str, str]) -> ProjectSettings:
-        """These settings with URLs given for some environments (by name), which take the
-        place of their url_env variables."""
-        for name in urls:
+    def with_urls(
+        self, urls: Mapping[str, str] = {}, variables: Mapping[str, str] = {}
+    ) -> ProjectSettings:
+        """These settings with, by environment name, a URL given (``urls``) or the variable
+        to read it from (``variables``, read when used), in place of url_env's variable."""
+        for name in (*urls, *variables):
             self.environment(name)  # an unknown environment is an error, not ignored
-        return replace(
-            self,
-            environments=tuple(
-                replace(env, url=urls[env.name]) if env.name in urls else env
-                for env in self.environments
-            ),
-        )
+            if name in variables and not _VARIABLE.match(variables[name]):
+                raise ConfigurationError(f"{variables[name]!r} is not a variable name")
+
+        def given(env: EnvironmentSettings) -> EnvironmentSettings:
+            if env.name in variables:
+                env = replace(env, url_env=variables[env.name])
+            return replace(env, url=urls[env.name]) if env.name in urls else env
+
+        return replace(self, environments=tuple(given(env) for env in self.environments))
 
     def environment(self, name: str) -> EnvironmentSettings:
         for env in self.environments:
@@ -418,7 +422,7 @@ def _lint(data: dict, source: str, environments: tuple[EnvironmentSettings, ...]
         if not isinstance(values, dict):
             raise ConfigurationError(f"{env_where} must be a table")
         per_environment.append((name, _lint_rules(values, env_where)))
-    return LintSettings(LintRules(base.default or "error", base.rules), tuple(per_environment))
+    return LintSettings(base, tuple(per_environment))
 
 
 # --- histories: which folder of revisions manages which schema ------------------------------

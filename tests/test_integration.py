@@ -30,6 +30,7 @@ from conftest import (
 from orchestration import launcher
 from orchestration.definitions import build_definitions
 from orchestration.defs.translator import SchemaAssetProps, SchemaAssetTranslator
+from orchestration.errors import ConfigurationError
 
 CRM_TOML = """
 [environments.dev]
@@ -169,7 +170,10 @@ def test_a_prefixed_projects_schema_asset_materializes_against_its_database(
         )
         assert result.success
         checks = result.get_asset_check_evaluations()
-        assert [(c.asset_key, c.check_name, c.passed) for c in checks] == [(key, "verify", True)]
+        assert {(c.asset_key, c.check_name, c.passed) for c in checks} == {
+            (key, "verify", True),  # blocking
+            (key, "lint", True),  # the example revisions lint clean in dev
+        }
         event = instance.get_latest_materialization_event(key)
         assert event is not None
         assert event.asset_materialization.metadata["current_revision"].value == ECOMMERCE_HEAD
@@ -194,6 +198,46 @@ def test_a_prefixed_projects_migrate_job_runs_with_the_same_run_config(
     assert crm.version_heads("dev") == {ECOMMERCE_HEAD}
     materialized = {e.asset_key for e in result.get_asset_materialization_events()}
     assert materialized == {dg.AssetKey(["crm", "dev", "ecommerce"])}
+
+
+def test_the_resource_takes_urls_as_env_vars_in_place_of_migrate_toml(
+    crm: Workspace, monkeypatch: pytest.MonkeyPatch
+):
+    """URLs given to the resource (as dg.EnvVar) win over the variables migrate.toml names;
+    an environment not given keeps its variable."""
+    dev = crm.urls["dev"]
+    monkeypatch.setenv("TEAM_SECRET_CRM_DEV", dev.render_as_string(False))
+    monkeypatch.delenv("CRM_DEV_DATABASE_URL")
+    defs = build_definitions(
+        str(crm.ini), prefix="crm", database_urls={"dev": dg.EnvVar("TEAM_SECRET_CRM_DEV")}
+    )
+    resource = defs.resources["crm_migrations"]
+    assert resource.database_urls == {"dev": "TEAM_SECRET_CRM_DEV"}  # the variable's name
+    key = dg.AssetKey(["crm", "dev", "ecommerce"])
+    with dg.instance_for_test() as instance:
+        result = defs.resolve_implicit_global_asset_job_def().execute_in_process(
+            instance=instance, asset_selection=[key]
+        )
+    assert result.success
+    assert crm.version_heads("dev") == {ECOMMERCE_HEAD}
+    # the observer sensor (built with the Definitions, run outside any run) reads it too
+    observer = defs.resolve_sensor_def("crm_revision_observer")
+    with dg.instance_for_test() as instance:
+        observed = observer(dg.build_sensor_context(instance=instance, definitions=defs))
+    current = {o.asset_key: o.metadata["current_revision"].value for o in observed.asset_events}
+    assert current[key] == ECOMMERCE_HEAD
+    assert dev.render_as_string(False) not in repr(defs.resources)
+
+
+def test_resource_urls_with_a_password_or_an_unknown_environment_are_refused(crm: Workspace):
+    with pytest.raises(ConfigurationError, match=r"holds a password: give it as dg.EnvVar"):
+        build_definitions(
+            str(crm.ini), database_urls={"dev": "postgresql://u:hunter2@db.example/crm"}
+        )
+    with pytest.raises(ConfigurationError, match="unknown environment 'qa'"):
+        build_definitions(str(crm.ini), database_urls={"qa": dg.EnvVar("QA_URL")})
+    # no password, no secret: a literal is fine
+    build_definitions(str(crm.ini), database_urls={"dev": "postgresql://u@db.example/crm"})
 
 
 def test_a_prefix_that_is_not_a_name_is_refused(workspace: Workspace):
@@ -350,7 +394,9 @@ def test_a_translator_that_changes_keys_keeps_deps_jobs_and_sensors_right(
         return {k.to_user_string() for k in nodes.executable_asset_keys}
 
     assert selected("promote") == set(parents)
-    assert selected("environment_sync") == {k for k in parents if "production" not in k}
+    # environment_sync is ops (upgrade, then verify every environment): it selects no asset,
+    # and reports on the keys of the specs (test_dagster runs it)
+    assert selected("environment_sync") == set()
 
     # the sensor asks for the team's key of the first environment
     sensor = defs.resolve_sensor_def("revision_files_sensor")
