@@ -50,6 +50,8 @@ OFFLINE_RENDER = "offline-render"
 PSEUDO_RULES = frozenset({"syntax-error", OFFLINE_RENDER})
 # The revision-level variable a revision silences rules with, read as text (never imported).
 IGNORE_VARIABLE = "squawk_ignore"
+# The level of a rule that migrate.toml does not name, when it names no default either.
+DEFAULT_SEVERITY = "warning"
 
 
 # --- results -----------------------------------------------------------------------------
@@ -217,7 +219,10 @@ def rules_for(project: MigrationProject, environment: str) -> Rules:
         )
     return Rules(
         environment=environment,
-        default=own.default or base.default or "error",
+        # Nothing configured: every finding is shown, none refuses. A project adopted with
+        # `migrate init` has applied revisions with findings; a fresh environment (all of
+        # them pending) must not be refused for them. Errors are opted into in migrate.toml.
+        default=own.default or base.default or DEFAULT_SEVERITY,
         named=named,
         satisfied=satisfied,
         sources=sources,

@@ -118,6 +118,28 @@ def test_a_clean_revision_exits_0(workspace: Workspace, capsys):
     assert CLEAN[0] in [r["revision"] for r in data["revisions"]]
 
 
+def test_with_no_lint_section_findings_are_warnings_and_nothing_is_refused(
+    workspace: Workspace, capsys
+):
+    """An adopted project's migrate.toml has no [lint]: its applied revisions' findings must
+    not refuse a fresh environment where they are all pending."""
+    path = workspace.root / "migrate.toml"
+    text = path.read_text()
+    path.write_text(text[: text.index("[lint]")])
+    add(workspace, *INDEX[:2])
+    code, out, err = run(capsys, "lint", "--env", "prod")
+    assert code == 0, out + err
+    code, data = run_json(capsys, "lint", "--env", "prod")
+    assert code == 0 and data["ok"] is True
+    found = findings(data)
+    assert {f["severity"] for f in found} == {"warning"}
+    assert (INDEX[0], INDEX[2]) in {(f["revision"], f["rule"]) for f in found}
+    assert len({f["revision"] for f in found}) > 1  # the applied examples' findings too
+    code, out, err = run(capsys, "upgrade", "--env", "dev")
+    assert code == 0, out + err
+    assert INDEX[0] in workspace.version_heads("dev")
+
+
 def test_severity_follows_the_environment(workspace: Workspace, capsys):
     """Shipped: every finding is an error from staging on, a warning in dev."""
     add(workspace, *INDEX[:2])
@@ -198,7 +220,8 @@ def test_a_bad_ignore_is_one_line_exit_2(workspace: Workspace, capsys, header, w
 
 def test_pending_only_unless_all(workspace: Workspace, capsys):
     add(workspace, *INDEX[:2])
-    assert run(capsys, "upgrade", "--env", "dev")[0] == 0  # applies the index revision in dev
+    code, out, err = run(capsys, "upgrade", "--env", "dev")
+    assert code == 0, out + err  # applies the index revision in dev
     add(workspace, TYPE_CHANGE[0], TYPE_CHANGE[1], down=INDEX[0])
 
     code, data = run_json(capsys, "lint", "--env", "dev")
@@ -215,7 +238,8 @@ def test_pending_only_unless_all(workspace: Workspace, capsys):
     code, data = run_json(capsys, "lint", "--env", "prod", "--schema", "analytics")
     assert code == 0 and {r["schema"] for r in data["revisions"]} == {"analytics"}
 
-    assert run(capsys, "upgrade", "--env", "dev")[0] == 0
+    code, out, err = run(capsys, "upgrade", "--env", "dev")
+    assert code == 0, out + err
     code, out, _ = run(capsys, "lint", "--env", "dev")
     assert code == 0 and "dev: nothing pending to lint" in out
 
