@@ -1,6 +1,7 @@
-"""The Dagster Component as another `dg` project adds it: a separate project in a temp dir
-whose defs.yaml names AlembicMigrationsComponent with a prefix, next to its own asset;
-`dg check defs`, `dg list defs` and `dg launch` there, against a real PostgreSQL. Also
+"""The integration as another `dg` project adds it, both ways: a separate project in a temp
+dir whose defs.yaml names AlembicMigrationsComponent with a prefix (billing), and whose
+definitions.py merges build_definitions(prefix="crm") with its own asset, resource and
+executor; `dg check defs`, `dg list defs` and `dg launch` there, against a real PostgreSQL. Also
 `dg check defs` and `dg list components` in this repository's root (itself a dg project)."""
 
 from __future__ import annotations
@@ -35,15 +36,32 @@ directory_type = "project"
 root_module = "team_project"
 """
 
+# The team's code location: its defs folder (with the Component), a second Alembic project
+# through the Python factory with a prefix, and the team's own resource and executor.
 TEAM_DEFINITIONS = """
 from pathlib import Path
 
 import dagster as dg
 
+from orchestration.definitions import build_definitions
+
+HERE = Path(__file__).parent
+
+
+class Warehouse(dg.ConfigurableResource):
+    name: str = "warehouse"
+
 
 @dg.definitions
 def defs() -> dg.Definitions:
-    return dg.load_from_defs_folder(path_within_project=Path(__file__).parent)
+    return dg.Definitions.merge(
+        dg.load_from_defs_folder(path_within_project=HERE),
+        build_definitions(str(HERE.parent / "crm" / "alembic.ini"), prefix="crm"),
+        dg.Definitions(
+            resources={"warehouse": Warehouse()},
+            executor=dg.multiprocess_executor.configured({"max_concurrent": 2}),
+        ),
+    )
 """
 
 TEAM_ASSET = """
@@ -53,6 +71,19 @@ import dagster as dg
 @dg.asset
 def orders_report() -> None:
     pass
+"""
+
+CRM_TOML = """
+[environments.dev]
+url_env = "CRM_DEV_DATABASE_URL"
+promote = "auto"
+
+[environments.staging]
+url_env = "CRM_STAGING_DATABASE_URL"
+promote = "auto"
+
+[environments.prod]
+url_env = "CRM_PROD_DATABASE_URL"
 """
 
 # The component's folder is team/team_project/defs/billing: alembic_ini is relative to it.
@@ -69,18 +100,24 @@ attributes:
 """
 
 
+def _copy_project(folder: Path, migrate_toml: str) -> None:
+    folder.mkdir(parents=True)
+    shutil.copy(REPO / "alembic.ini", folder / "alembic.ini")
+    (folder / "migrate.toml").write_text(migrate_toml)
+    shutil.copytree(
+        REPO / "migrations", folder / "migrations", ignore=shutil.ignore_patterns("__pycache__")
+    )
+
+
 @pytest.fixture
 def team(tmp_path: Path, databases: Databases) -> Workspace:
     """A second, separate dg project (team/) with an asset of its own and, in billing/, a
-    copy of this repository's Alembic project on fresh databases."""
+    copy of this repository's Alembic project on fresh databases (its URLs in the usual
+    variables), and in crm/ another (its URLs in CRM_* variables, see crm_urls)."""
     root = tmp_path / "team"
     billing = root / "billing"
-    billing.mkdir(parents=True)
-    for name in ("alembic.ini", "migrate.toml"):
-        shutil.copy(REPO / name, billing / name)
-    shutil.copytree(
-        REPO / "migrations", billing / "migrations", ignore=shutil.ignore_patterns("__pycache__")
-    )
+    _copy_project(billing, (REPO / "migrate.toml").read_text())
+    _copy_project(root / "crm", CRM_TOML)
     (root / "pyproject.toml").write_text(TEAM_PYPROJECT)
     package = root / "team_project"
     (package / "defs" / "billing").mkdir(parents=True)
@@ -93,9 +130,15 @@ def team(tmp_path: Path, databases: Databases) -> Workspace:
     return Workspace(billing, urls)
 
 
-def _env(team: Workspace | None = None) -> dict[str, str]:
+@pytest.fixture
+def crm(team: Workspace, databases: Databases) -> Workspace:
+    urls = {env: databases.create(f"crm_{env}") for env in ("dev", "staging", "prod")}
+    return Workspace(team.root.parent / "crm", urls)
+
+
+def _env(team: Workspace | None = None, crm: Workspace | None = None) -> dict[str, str]:
     """The environment a user's shell has: this venv active, no Dagster home or storage
-    variable; the copied migrate.toml's URL variables when a team project is given."""
+    variable; the copied projects' URL variables when they are given."""
     unset = {*ENV_URL_VARS, "DAGSTER_HOME", launcher.STORAGE_ENV, "ALEMBIC_CONFIG"}
     env = {k: v for k, v in os.environ.items() if k not in unset}
     env["VIRTUAL_ENV"] = str(BIN.parent)
@@ -103,6 +146,9 @@ def _env(team: Workspace | None = None) -> dict[str, str]:
     if team is not None:
         for name, url in team.urls.items():
             env[f"{name.upper()}_DATABASE_URL"] = url.render_as_string(False)
+    if crm is not None:
+        for name, url in crm.urls.items():
+            env[f"CRM_{name.upper()}_DATABASE_URL"] = url.render_as_string(False)
     return env
 
 
@@ -123,7 +169,9 @@ def _listed(done: subprocess.CompletedProcess) -> dict:
     return json.loads(done.stdout[done.stdout.index("{") :])
 
 
-def test_a_dg_project_adds_the_component_checks_lists_and_materializes_it(team: Workspace):
+def test_a_dg_project_adds_both_ways_checks_lists_and_materializes_them(
+    team: Workspace, crm: Workspace
+):
     project = team.root.parent
 
     checked = _dg("check", "defs", cwd=project, env=_env())
@@ -136,7 +184,8 @@ def test_a_dg_project_adds_the_component_checks_lists_and_materializes_it(team: 
     defs = _listed(listed)
     keys = {a["asset_key"] for a in defs["assets"]}
     assert keys == {"orders_report"} | {
-        f"billing/{env}/{schema}"
+        f"{project}/{env}/{schema}"
+        for project in ("billing", "crm")
         for env in ("dev", "staging", "prod")
         for schema in ("ecommerce", "analytics")
     }
@@ -154,11 +203,18 @@ def test_a_dg_project_adds_the_component_checks_lists_and_materializes_it(team: 
         "billing_promote",
         "billing_environment_sync",
     }
-    assert [r["name"] for r in defs["resources"]] == ["billing_migrations"]
-    assert {s["name"] for s in defs["sensors"]} == {
+    assert {"crm_migrate", "crm_rollback"} <= {j["name"] for j in defs["jobs"]}
+    assert sorted(r["name"] for r in defs["resources"]) == [
+        "billing_migrations",
+        "crm_migrations",
+        "warehouse",
+    ]
+    assert {
         "billing_revision_files_sensor",
         "billing_promotion_automation",
-    }
+        "crm_revision_files_sensor",
+        "crm_promotion_automation",
+    } <= {s["name"] for s in defs["sensors"]}
 
     launched = _dg("launch", "--assets", "billing/dev/ecommerce", cwd=project, env=_env(team))
     assert launched.returncode == 0, launched.stdout[-5000:]
@@ -174,6 +230,15 @@ def test_a_dg_project_adds_the_component_checks_lists_and_materializes_it(team: 
     # only what was launched: the next environment and the other schema are untouched
     assert team.version_heads("staging") == set()
     assert team.tables("analytics", "dev") == set()
+    assert crm.version_heads("dev") == set()
+
+    # the factory's project, next to the team's executor and resource
+    launched = _dg("launch", "--assets", "crm/dev/analytics", cwd=project, env=_env(team, crm))
+    assert launched.returncode == 0, launched.stdout[-5000:]
+    assert "RUN_SUCCESS" in launched.stdout
+    assert crm.tables("analytics", "dev")
+    assert "analytics" in {r.schema_name for r in crm.audit("dev")}
+    assert team.tables("analytics", "dev") == set()  # billing's databases untouched
 
 
 def test_the_component_in_process_materializes_through_the_loaded_definitions(
@@ -198,7 +263,9 @@ def test_the_component_in_process_materializes_through_the_loaded_definitions(
         )
     assert result.success
     assert {
-        (c.asset_key, c.check_name, c.passed) for c in result.get_asset_check_evaluations()
+        (c.asset_key, c.check_name, c.passed)
+        for c in result.get_asset_check_evaluations()
+        if c.check_name == "verify"
     } == {
         (dg.AssetKey(["billing", "dev", "ecommerce"]), "verify", True),
         (key, "verify", True),
