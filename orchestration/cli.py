@@ -29,14 +29,14 @@ from orchestration.settings import ProjectSettings, load_settings
 if TYPE_CHECKING:
     from sqlalchemy.engine import URL
 
-    from orchestration import audit, embedded, engine, launcher, promotion, targets, urls
+    from orchestration import audit, embedded, engine, promotion, targets, urls
 
 
 def _import_engine() -> None:
     """The engine (Alembic, SQLAlchemy), imported once the fast path has not answered:
     `migrate status` and a no-op upgrade answer without it (fastpath.py)."""
-    global audit, embedded, engine, launcher, promotion, targets, urls
-    from orchestration import audit, embedded, engine, launcher, promotion, targets, urls
+    global audit, embedded, engine, promotion, targets, urls
+    from orchestration import audit, embedded, engine, promotion, targets, urls
 
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -500,6 +500,8 @@ def cmd_audit(project: MigrationProject, args: argparse.Namespace) -> int:
 
 
 def _dagster_env(project_settings: Any) -> dict[str, str]:
+    from orchestration import launcher  # YAML: only the Dagster commands need it
+
     env = launcher.dagster_environment(project_settings)
     env["DAGSTER_HOME"] = str(launcher.prepare_dagster_home(project_settings))
     return env
@@ -826,14 +828,30 @@ def _json_text(data: dict[str, Any], shown: str) -> str:
     return json.dumps(_with_target(data, shown, False), indent=2, default=str)
 
 
+# Commands that run no migration: checking alembic.ini as Alembic reads it (load_settings)
+# would import Alembic for them alone.
+_NO_ALEMBIC = ("status", "verify")
+
+
+def _settings(args: argparse.Namespace) -> ProjectSettings:
+    """load_settings; for a command that runs no migration, what it returned last time for
+    the same alembic.ini and migrate.toml bytes (fastpath.cached), when kept."""
+    if args.command in _NO_ALEMBIC:
+        cache = fastpath.cached(args.config)
+        if cache is not None:
+            return cache.settings
+    settings = load_settings(args.config)
+    fastpath.remember_settings(settings)
+    return settings
+
+
 def _run(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
-    urls.register_url(os.environ.get(launcher.STORAGE_ENV))
+    urls.register_url(os.environ.get(fastpath.STORAGE_ENV))
     try:
         if args.command == "init":
             return cmd_init(args)
-        settings = load_settings(args.config)
-        fastpath.remember_settings(settings)
+        settings = _settings(args)
         _target.settings, _target.json_output = settings, bool(getattr(args, "json", False))
         if not getattr(args, "needs_project", True):
             return int(args.handler(settings, args))

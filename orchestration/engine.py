@@ -19,10 +19,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.util import CommandError
 from sqlalchemy.engine import URL
 
 from orchestration import audit, catalog
@@ -34,6 +30,10 @@ from orchestration.targets import database_url
 from orchestration.urls import display_url, redact
 
 if TYPE_CHECKING:
+    # Alembic is imported where a migration runs or renders: verify, status and baseline
+    # run none, and importing it is most of their time (issue #15).
+    from alembic.config import Config
+
     from orchestration import dataloss  # imported where used: only downgrade needs it
 
 StepCallback = Callable[[audit.AuditRow], None]
@@ -194,6 +194,8 @@ def _alembic_config(
     output: io.StringIO | None = None,
     rehearsal: dataloss.Rehearsal | None = None,
 ) -> Config:
+    from alembic.config import Config
+
     config = Config(str(project.settings.alembic_ini), output_buffer=output)
     config.attributes.update(
         settings=project.settings,
@@ -223,7 +225,12 @@ def select_schemas(project: MigrationProject, schemas: list[str] | None) -> list
 
 
 def _db_heads(conn: sa.Connection) -> tuple[str, ...]:
-    heads = MigrationContext.configure(conn).get_current_heads()
+    """The heads in alembic_version, read as MigrationContext.get_current_heads() reads
+    them (the default table, found through search_path; none when it does not exist),
+    without importing Alembic (tests/test_engine.py compares the two)."""
+    exists = conn.scalar(sa.text("SELECT to_regclass('alembic_version') IS NOT NULL"))
+    query = sa.text("SELECT version_num FROM alembic_version")
+    heads = tuple(conn.scalars(query)) if exists else ()
     conn.commit()  # leave no transaction open: Alembic must begin its own per step
     return heads
 
@@ -297,6 +304,8 @@ def plan(
         start = st.current or (first.depends_on[-1] if first.depends_on else "base")
         output = io.StringIO()
         config = offline_config(project, environment, output)
+        from alembic import command
+
         try:
             command.upgrade(config, f"{start}:{st.head}", sql=True)
         except Exception as exc:  # a revision that cannot run offline (reads data, raises)
@@ -359,6 +368,8 @@ def _migration_failure(project: MigrationProject, result: RunResult, exc: Except
     """Whether ``exc`` is the migration's failure rather than a bug of ours: the database
     or a guard said no, a step failed (env.py wrote its row), Alembic refused the command,
     or the error passed through a revision file's own code (a module that fails to import)."""
+    from alembic.util import CommandError
+
     if isinstance(exc, MigrationError | sa.exc.SQLAlchemyError | CommandError):
         return True
     if any(not row.success for row in result.steps):
@@ -391,6 +402,8 @@ def upgrade(
     targets = _upgrade_targets(project, schemas, to)
 
     def steps(config: Config) -> None:
+        from alembic import command
+
         for target in targets:
             command.upgrade(config, target)
 
@@ -486,6 +499,8 @@ def _rehearse(
         project, environment, conn, run_id=run_id, on_step=on_step, rehearsal=rehearsal
     )
     rows = config.attributes["audit_rows"]
+    from alembic import command
+
     conn.begin()
     try:
         for target in targets:
@@ -548,6 +563,8 @@ def downgrade(
                 )
 
         def steps(config: Config) -> None:
+            from alembic import command
+
             for target in targets:
                 command.downgrade(config, target)
 

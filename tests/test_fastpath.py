@@ -251,3 +251,63 @@ def test_the_settings_cache_sits_beside_alembic_ini(workspace, capsys):
     warm(capsys)
     assert fastpath._cache_path(workspace.ini).parent == workspace.root / "__pycache__"
     assert Path(fastpath._cache_path(workspace.ini)).is_file()
+
+
+def test_verify_runs_without_alembic_and_answers_as_with_load_settings(
+    workspace, capsys, monkeypatch
+):
+    """verify reads the settings load_settings returned last time (no Alembic import for
+    checking alembic.ini) and the heads in SQL: the same answer as from load_settings."""
+    warm(capsys)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    script = (
+        "import sys\nfrom orchestration.cli import main\n"
+        "code = main(['verify', '--schema', 'ecommerce'])\n"
+        "assert code == 0 and 'alembic' not in sys.modules, (code, sorted(sys.modules))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=workspace.root, env=env, capture_output=True
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    assert "PASS dev/ecommerce" in done.stdout.decode()
+
+    def findings(out: str) -> list:
+        return [(s["schema"], s["current"], s["findings"]) for s in json.loads(out)["schemas"]]
+
+    code, out, _ = main(["verify", "--json"]), *capsys.readouterr()
+    slow_code, slow_out, _ = slow(capsys, monkeypatch, "verify", "--json")
+    assert code == slow_code == 0 and findings(out) == findings(slow_out)
+    # A file edited since: the cached settings still see it (files are read every run).
+    path = workspace.versions / "ecommerce"
+    edited = sorted(path.glob("*.py"))[0]
+    edited.write_text(edited.read_text() + "\n# edited\n")
+    assert main(["verify"]) == 1
+    assert "was edited after it was applied" in capsys.readouterr().out
+
+
+def test_heads_are_read_as_alembic_reads_them(workspace):
+    """engine._db_heads (SQL, no Alembic) against MigrationContext.get_current_heads, on
+    no version table, an empty one, one head and two."""
+    from alembic.runtime.migration import MigrationContext
+
+    def both() -> tuple[tuple[str, ...], tuple[str, ...]]:
+        with workspace.connect() as conn:
+            ours = engine._db_heads(conn)
+            return ours, MigrationContext.configure(conn).get_current_heads()
+
+    assert both() == ((), ())
+    assert workspace.run("migrate", "upgrade", "--schema", "ecommerce").returncode == 0
+    ours, theirs = both()
+    assert ours == theirs and len(ours) == 1
+    assert workspace.run("migrate", "upgrade").returncode == 0
+    ours, theirs = both()
+    assert ours == theirs and len(ours) >= 1
+    with workspace.connect() as conn:
+        conn.execute(sa.text("DELETE FROM alembic_version"))
+        conn.execute(sa.text("INSERT INTO alembic_version VALUES ('aaa'), ('bbb')"))
+        conn.commit()
+    assert both() == (("aaa", "bbb"), ("aaa", "bbb"))
+    with workspace.connect() as conn:
+        conn.execute(sa.text("DELETE FROM alembic_version"))
+        conn.commit()
+    assert both() == ((), ())
