@@ -133,6 +133,7 @@ def test_batches_one_step_by_default_or_n_targets_per_step():
 
 
 def test_fleet_steps_run_in_process_unless_run_config_picks_multiprocess(workspace: Workspace):
+    _fleet_config(workspace, 'databases = ["tenant_a"]')  # a fleet job exists only with a fleet
     job = build_definitions(str(workspace.ini)).resolve_job_def("fleet_dev")
     ops = {"ops": {"fleet_targets_dev": {"config": {"processes": 3, "targets_per_step": 5}}}}
 
