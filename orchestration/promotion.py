@@ -189,17 +189,85 @@ def plan(
     if index == 0:
         return [_first(environment, st) for st in here]
     previous = names[index - 1]
-    selected = [st.schema for st in here]
-    there = {st.schema: st for st in engine.status(project, previous, selected)}
+    # Every schema is planned, the selected ones returned: a schema's target may need
+    # revisions of another (depends_on), which must be verified there too.
+    every = engine.status(project, environment) if schemas else here
+    names_all = [st.schema for st in every]
+    there = {st.schema: st for st in engine.status(project, previous, names_all)}
     with engine.connect(project, previous) as (conn, _):
-        records = _read_record(conn, project.settings.audit_schema, selected)
-    result = []
-    for st in here:
+        records = _read_record(conn, project.settings.audit_schema, names_all)
+    planned: dict[str, Promotion] = {}
+    for st in every:  # dependency order: a schema's dependencies are planned before it
         target, when, state = _verified_target(
             project, st.schema, previous, there[st.schema].current, records[st.schema]
         )
-        result.append(_later(project, environment, previous, st, target, when, state))
-    return result
+        target, state = _within_dependencies(project, st.schema, target, state, planned)
+        planned[st.schema] = _later(project, environment, previous, st, target, when, state)
+    return [planned[st.schema] for st in here]
+
+
+def _needs(project: MigrationProject, revision: str) -> set[str]:
+    """Every revision an upgrade to ``revision`` applies: its lineage and, through
+    depends_on (a branch label: that schema's head), other schemas' revisions."""
+    found: set[str] = set()
+    todo = [revision]
+    while todo:
+        for rid in lineage(project, todo.pop()):
+            if rid in found:
+                continue
+            found.add(rid)
+            rev = project.revision(rid)
+            for dep in rev.depends_on if rev else ():
+                if project.revision(dep) is not None:
+                    todo.append(dep)
+                else:  # a branch label: the head of the schema whose files carry it
+                    for f in project.files:
+                        if dep in f.branch_labels and (head := project.head(f.schema)):
+                            todo.append(head)
+                            break
+    return found
+
+
+def _within_dependencies(
+    project: MigrationProject,
+    schema: str,
+    target: str | None,
+    state: str,
+    planned: dict[str, Promotion],
+) -> tuple[str | None, str]:
+    """``target`` lowered, if need be, to the newest revision whose depends_on pull in only
+    what the other schemas may reach here (their own promotion target, or where they
+    already are): an upgrade never carries another schema past what was verified."""
+    if target is None:
+        return target, state
+
+    def allowed(other: str) -> set[str]:
+        p = planned.get(other)
+        if p is None:
+            return set()
+        return lineage(project, p.target) | lineage(project, p.current)
+
+    def blocked(candidate: str) -> list[str]:
+        return sorted(
+            rid
+            for rid in _needs(project, candidate)
+            if (rev := project.revision(rid)) is not None
+            and rev.schema != schema
+            and rid not in allowed(rev.schema)
+        )
+
+    missing = blocked(target)
+    if not missing:
+        return target, state
+    why = (
+        f"{target} needs {', '.join(missing)} of another schema, not verified in the "
+        "environment before"
+    )
+    for rev in reversed(project.revisions(schema)):
+        rid = rev.revision
+        if rid in lineage(project, target) and not blocked(rid):
+            return rid, f"{state}; {why}: going to {rid}"
+    return None, f"{state}; {why}"
 
 
 def _first(environment: str, st: engine.SchemaStatus) -> Promotion:

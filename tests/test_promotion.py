@@ -134,3 +134,35 @@ def test_promotion_never_downgrades_and_a_rollback_voids_older_verifies(workspac
     engine.upgrade(project, "dev", schemas=["analytics"])  # back at head, not verified
     assert _plan(workspace, "staging", "analytics").target == "54886dd283f2"
     assert _current(workspace, "staging", "analytics") == ANALYTICS_HEAD
+
+
+def test_depends_on_never_carries_another_schema_past_what_was_verified(workspace: Workspace):
+    """analytics depends_on an ecommerce revision: when dev's ecommerce failed its verify,
+    promoting analytics into staging must not pull ecommerce in (all schemas, or analytics
+    alone)."""
+    project = workspace.project()
+    engine.upgrade(project, "dev")
+    with workspace.connect("dev") as conn:
+        conn.exec_driver_sql("ALTER TABLE ecommerce.customers DROP COLUMN customer_city")
+        conn.commit()
+    results = {v.schema: v.ok for v in engine.verify(project, "dev")}
+    assert results == {"ecommerce": False, "analytics": True}
+
+    alone = _plan(workspace, "staging", "analytics")
+    assert alone.upgrade_to is None and alone.target is None
+    assert "needs" in alone.reason and "not verified in the environment before" in alone.reason
+    for schemas in (["analytics"], None):
+        result, plans = promotion.upgrade(project, "staging", schemas)
+        assert result.ok and result.steps == [], [p.reason for p in plans]
+    assert workspace.version_heads("staging") == set()
+    assert workspace.tables("ecommerce", "staging") == set()
+
+    # once ecommerce verifies in dev, both go
+    with workspace.connect("dev") as conn:
+        conn.exec_driver_sql("ALTER TABLE ecommerce.customers ADD COLUMN customer_city text")
+        conn.commit()
+    engine.baseline(project, "dev")
+    assert all(v.ok for v in engine.verify(project, "dev"))
+    result, _ = promotion.upgrade(project, "staging", ["analytics"])
+    assert result.ok
+    assert ANALYTICS_HEAD in workspace.version_heads("staging")
