@@ -13,7 +13,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from conftest import ECOMMERCE_HEAD, Workspace, simple_revision
+from conftest import ANALYTICS_HEAD, ECOMMERCE_HEAD, Workspace, simple_revision
 
 from orchestration.definitions import build_definitions
 
@@ -97,12 +97,41 @@ def test_a_broken_file_stays_visible_until_it_is_fixed(workspace: Workspace):
             assert isinstance(result, dg.SkipReason)
             assert "broken000001_x.py" in (result.skip_message or "")
             assert "analytics is not migrated" in (result.skip_message or "")
-        bad.write_text(simple_revision("broken000001", "54886dd283f2", "fixed"))
+        bad.write_text(simple_revision("broken000001", ANALYTICS_HEAD, "fixed"))
         fixed, cursor = tick(defs, instance, cursor)
         (request,) = fixed.run_requests  # type: ignore[union-attr]
         assert request.run_key.startswith("analytics:broken000001@")
         quiet, _ = tick(defs, instance, cursor)
         assert isinstance(quiet, dg.SkipReason) and "no new" in (quiet.skip_message or "")
+
+
+def test_two_heads_start_no_run_and_stay_named_until_merged(workspace: Workspace):
+    """A run for a schema with two heads could only fail: named at every tick instead."""
+    with dg.instance_for_test() as instance:
+        defs = build_definitions(str(workspace.ini))
+        _, cursor = tick(defs, instance, None)
+        for rev in ("fork00000001", "fork00000002"):
+            workspace.add_revision(
+                "ecommerce",
+                f"2024_09_01_0900-{rev}_x.py",
+                simple_revision(rev, ECOMMERCE_HEAD, rev),
+            )
+        for _ in range(2):
+            result, cursor = tick(defs, instance, cursor)
+            assert isinstance(result, dg.SkipReason), result
+            assert "ecommerce has 2 heads (fork00000001, fork00000002)" in (
+                result.skip_message or ""
+            )
+        merge = simple_revision("merge0000001", ECOMMERCE_HEAD, "merge").replace(
+            f"down_revision = {ECOMMERCE_HEAD!r}",
+            'down_revision = ("fork00000001", "fork00000002")',
+        )
+        assert "fork00000001" in merge
+        workspace.add_revision("ecommerce", "2024_09_02_0900-merge0000001_m.py", merge)
+        merged, cursor = tick(defs, instance, cursor)
+        assert isinstance(merged, dg.SensorResult), merged
+        (request,) = merged.run_requests  # type: ignore[union-attr]
+        assert request.run_key.startswith("ecommerce:")
 
 
 def test_a_cursor_of_the_first_format_still_names_what_changed(workspace: Workspace):

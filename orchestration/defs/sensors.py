@@ -78,6 +78,9 @@ def changed_files(
         checksums = {name: s.checksum for name, s in states.items()}
         content = scan.content_digest(checksums)
         bad = sorted((s.name, (s.error or "")[:_ERROR_CHARS]) for s in states.values() if s.error)
+        if not bad and len(heads := _heads([h for h in histories if h.schema == schema])) > 1:
+            # a run could only fail: named like a broken file, until they are merged
+            bad = [("", f"{len(heads)} heads ({', '.join(heads)}): merge them (alembic merge)")]
         entry: dict[str, Any] = {"stat": stat, "content": content, "files": len(states)}
         if bad:
             entry["broken"] = [list(b) for b in bad[:_BROKEN_SHOWN]] + (
@@ -103,6 +106,14 @@ def changed_files(
             if before is None or before.get(name) != file.checksum:
                 changed.append((schema, file))
     return {"v": CURSOR_VERSION, "schemas": schemas}, changed, broken
+
+
+def _heads(histories: list[History]) -> list[str]:
+    """The schema's revisions that no other names as its down_revision (the scan cache's
+    readings: read only when its folder changed)."""
+    files = [f for f in scan.read_revision_files(histories) if f.revision]
+    below = {d for f in files for d in f.down_revisions}
+    return sorted(str(f.revision) for f in files if f.revision not in below)
 
 
 def build_revision_files_sensor(
@@ -142,6 +153,8 @@ def build_revision_files_sensor(
         broken_note = "; ".join(
             f"revision file {os.path.relpath(os.path.join(folders[schema], name), root)} is "
             f"broken ({error}): {schema} is not migrated until it is fixed"
+            if error and name
+            else f"{schema} has {error}: it is not migrated until then"
             if error
             else f"{schema}: {name}"
             for schema, files in sorted(broken.items())
