@@ -307,7 +307,7 @@ def _report_run(result: engine.RunResult, args: argparse.Namespace) -> int:
         else:
             print(f"{args.env}: nothing to do")
     else:
-        print(f"{args.env}: {result.operation} failed: {result.error}", file=sys.stderr)
+        print(result.failure_line, file=sys.stderr)
     return EXIT_OK if result.ok else EXIT_FAILED
 
 

@@ -92,6 +92,19 @@ class RunResult:
     def ok(self) -> bool:
         return self.error is None
 
+    @property
+    def failure_line(self) -> str:
+        """A failed run's first line for people: the revision and the cause."""
+        failed = next((r for r in self.steps if not r.success), None)
+        if failed is None:
+            return f"{self.environment}: {self.operation} failed: {self.error}"
+        cause = (failed.error or self.error or "").splitlines()
+        return (
+            f"{self.environment}/{failed.schema_name}: revision "
+            f"{failed.alembic_version or 'base'} ({failed.message}) failed: "
+            f"{cause[0] if cause else 'no cause recorded'}"
+        )
+
     def to_dict(self) -> dict:
         return {
             "environment": self.environment,

@@ -84,6 +84,9 @@ def test_failed_migration_exits_1_with_one_line_on_stderr(workspace: Workspace, 
     assert code == 1
     assert "FAIL ecommerce" in out
     assert err.count("\n") == 1 and "division by zero" in err
+    # the revision first, then the cause (the Dagster failure's line is the same)
+    assert err.startswith("dev/ecommerce: revision bad000000001 (")
+    assert "failed: " in err and err.index("bad000000001") < err.index("division by zero")
     assert "Traceback" not in out + err
 
 

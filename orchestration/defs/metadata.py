@@ -177,16 +177,8 @@ def verify_failure(results: list[engine.VerifyResult]) -> dg.Failure | None:
 
 def failure(environment: str, result: engine.RunResult) -> dg.Failure:
     """A failed run's first line names the revision and the cause."""
-    failed = next((r for r in result.steps if not r.success), None)
-    if failed is not None:
-        head = (
-            f"{environment}/{failed.schema_name}: revision {failed.alembic_version or 'base'} "
-            f"({failed.message}) failed: {(failed.error or '').splitlines()[0]}"
-        )
-    else:
-        head = f"{environment}: {result.operation} failed: {result.error}"
     return dg.Failure(
-        description=head,
+        description=result.failure_line,
         metadata={
             "error": dg.MetadataValue.text(result.error or ""),
             "steps": steps_table(result.steps),
