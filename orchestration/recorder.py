@@ -183,10 +183,18 @@ class StepRecorder:
         found = sqltext.transaction_control(statement)
         if found is not None:
             revision = self.current.info.up_revision_id if self.current else "?"
+            keyword = found.split()[0].upper()
+            # a savepoint forks the step's transaction (a ROLLBACK TO it undoes part of
+            # the step, unseen by the audit); the others end it or change its settings
+            effect = (
+                "which would fork the step's transaction (a part undone unseen by the audit)"
+                if keyword in ("SAVEPOINT", "RELEASE")
+                else "which would end or change the step's transaction"
+            )
             raise MigrationError(
-                f"revision {revision} runs {found.split()[0].upper()!r}, which would end "
-                "the step's transaction: refused before it ran. Put statements that must "
-                "run outside a transaction in `with op.get_context().autocommit_block():`"
+                f"revision {revision} runs {keyword!r}, {effect}: refused before it ran. "
+                "Put statements that must run outside a transaction in "
+                "`with op.get_context().autocommit_block():`"
             )
 
     def _check_still_in_transaction(self, conn: Any) -> None:

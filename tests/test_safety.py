@@ -259,9 +259,18 @@ def test_an_upgrade_that_lands_before_the_downgrade_gets_the_lock_is_checked_too
 # --- 5. the record never claims a step that did not apply -----------------------------------
 
 
-@pytest.mark.parametrize("ending", ["COMMIT", "ROLLBACK", "/* done */ commit", "END"])
+@pytest.mark.parametrize(
+    ("ending", "effect"),
+    [
+        ("COMMIT", "would end or change the step's transaction"),
+        ("ROLLBACK", "would end or change the step's transaction"),
+        ("/* done */ commit", "would end or change the step's transaction"),
+        ("END", "would end or change the step's transaction"),
+        ("SAVEPOINT a", "would fork the step's transaction"),
+    ],
+)
 def test_a_revision_that_ends_its_own_transaction_is_refused_before_it_runs(
-    workspace: Workspace, ending: str
+    workspace: Workspace, ending: str, effect: str
 ):
     assert engine.upgrade(workspace.project(), "dev", schemas=["ecommerce"]).ok
     workspace.add_revision(
@@ -278,7 +287,7 @@ def test_a_revision_that_ends_its_own_transaction_is_refused_before_it_runs(
 
     result = engine.upgrade(workspace.project(), "dev", schemas=["ecommerce"])
 
-    assert not result.ok and "would end the step's transaction" in result.error
+    assert not result.ok and effect in result.error
     assert workspace.version_heads() == {ECOMMERCE_HEAD}  # still at a revision boundary
     assert not {"half", "other_half"} & workspace.tables("ecommerce")
     last = workspace.audit()[-1]
