@@ -530,7 +530,11 @@ def lint(
         selected = engine.select_schemas(project, schemas)
         revisions = [r for schema in selected for r in project.revisions(schema)]
     else:
-        revisions = [r for st in engine.status(project, environment, schemas) for r in st.pending]
+        ahead: list[str] = []
+        states = engine.status(project, environment, schemas, warnings=ahead)
+        if ahead:  # a revision no file defines: what is pending cannot be told (as plan)
+            raise ConfigurationError(ahead[0])
+        revisions = [r for st in states for r in st.pending]
     return lint_revisions(project, environment, revisions, all_revisions=all_revisions)
 
 

@@ -584,6 +584,7 @@ def test_every_command_twice_in_every_state_answers_without_a_crash(
     commands = [
         ["status"],
         ["plan"],
+        ["lint"],
         ["verify"],
         ["audit"],
         ["upgrade"],
@@ -607,7 +608,7 @@ def test_every_command_twice_in_every_state_answers_without_a_crash(
         assert outcomes[("upgrade", 2)] == 0  # the second upgrade has nothing to do
     else:
         # the schemas' places cannot be told: nothing moves them, status says why
-        for command in ("upgrade", "plan", "baseline", "downgrade"):
+        for command in ("upgrade", "plan", "lint", "baseline", "downgrade"):
             assert outcomes[(command, 1)] == 2, command
         code, out, err = run(capsys, "status")
         assert code == 0 and "a4ead0000001, which no revision file" in err
