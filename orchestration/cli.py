@@ -725,7 +725,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout = _Output(stdout, first_line=lambda: _target.line())
         sys.stderr = _Output(stderr)
         token = engine.on_connect.set(lambda environment, url: _target(environment, url))
-        code = _run(argv)
+        code = _run(argv, fast.project)
         if code == EXIT_OK and fast.settings is not None:
             with contextlib.suppress(Exception):  # a cache: never fails a run that worked
                 fastpath.learn_audit_probe(fast.settings, fast.probe)
@@ -748,9 +748,14 @@ class _FastAnswer:
     teach it for next time (the settings and the audit tables' probe it saw)."""
 
     def __init__(
-        self, code: int | None = None, settings: ProjectSettings | None = None, probe: Any = None
+        self,
+        code: int | None = None,
+        settings: ProjectSettings | None = None,
+        probe: Any = None,
+        project: MigrationProject | None = None,
     ):
         self.code, self.settings, self.probe = code, settings, probe
+        self.project = project  # the files as the fast path read them: not read twice
 
 
 def _fast(argv: Sequence[str] | None, stdout: IO[str], stderr: IO[str]) -> _FastAnswer:
@@ -778,7 +783,7 @@ def _fast(argv: Sequence[str] | None, stdout: IO[str], stderr: IO[str]) -> _Fast
         schemas = fastpath.selected_schemas(project, args.schema)
         where = fastpath.target(settings, args.env)
         if where is None or (upgrade and cache.audit_probe is None):
-            return _FastAnswer(settings=settings if upgrade else None)
+            return _FastAnswer(settings=settings if upgrade else None, project=project)
         database = fastpath.read_database(
             settings, where, probe=cache.audit_probe if upgrade else None, lock=upgrade
         )
@@ -796,9 +801,9 @@ def _fast(argv: Sequence[str] | None, stdout: IO[str], stderr: IO[str]) -> _Fast
         if database.locked_out or not fastpath.nothing_to_upgrade(
             project, database.heads or (), args.schema
         ):
-            return _FastAnswer()
+            return _FastAnswer(project=project)
         if not fastpath.audit_ready(cache, database.audit_probe):
-            return _FastAnswer(settings=settings, probe=database.audit_probe)
+            return _FastAnswer(settings=settings, probe=database.audit_probe, project=project)
         result = {"environment": args.env, "operation": "upgrade", "ok": True, "error": None}
         document = {**result, "warnings": [], "steps": []}
         out = _json_text(document, where.display) if args.json else f"{args.env}: nothing to do"
@@ -845,7 +850,9 @@ def _settings(args: argparse.Namespace) -> ProjectSettings:
     return settings
 
 
-def _run(argv: Sequence[str] | None) -> int:
+def _run(argv: Sequence[str] | None, read: MigrationProject | None = None) -> int:
+    """The command, on the full path; ``read``: the project the fast path read, reused
+    when load_settings returns the settings it was read with."""
     args = build_parser().parse_args(argv)
     urls.register_url(os.environ.get(fastpath.STORAGE_ENV))
     try:
@@ -856,7 +863,8 @@ def _run(argv: Sequence[str] | None) -> int:
         if not getattr(args, "needs_project", True):
             return int(args.handler(settings, args))
         settings.environment(args.env)  # an unknown environment fails before anything runs
-        project = MigrationProject(settings)
+        same = read is not None and read.settings == settings
+        project = read if same and read is not None else MigrationProject(settings)
         code: int = args.handler(project, args)
         return code
     except ConfigurationError as exc:

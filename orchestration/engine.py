@@ -417,8 +417,16 @@ def upgrade(
     def steps(config: Config) -> None:
         from alembic import command
 
+        from orchestration import lazyscript
+
+        # Only the revisions that run are imported, where the scan can tell Alembic the
+        # rest (lazyscript.py); else Alembic's own command, which imports every one.
+        script = lazyscript.script_directory(config, project)
         for target in targets:
-            command.upgrade(config, target)
+            if script is None:
+                command.upgrade(config, target)
+            else:
+                lazyscript.upgrade(config, target, script)
 
     with connect(project, environment, database) as (conn, url):
         if check_lint:

@@ -79,6 +79,9 @@ class MigrationProject:
         _check_folders_listed(settings)
         self._by_schema: dict[str, list[Revision]] = {h.schema: [] for h in settings.histories}
         files = self._read(settings)
+        # The readings as the files say them (depends_on unresolved): what Alembic is told
+        # in place of importing each module (lazyscript.py).
+        self.files: tuple[scan.RevisionFile, ...] = tuple(files)
         self._by_id: dict[str, Revision] = {}
         labels = {label: f.schema for f in files for label in f.branch_labels}
         for f in files:

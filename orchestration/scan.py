@@ -38,6 +38,10 @@ class RevisionFile:
     create_date: str | None = None
     defines_verify: bool = False  # a revision-level verify(connection) hook
     error: str | None = None
+    # revision, down_revision, branch_labels and depends_on are what importing the file
+    # gives (each bound once, at the top level, to a literal): Alembic may be told them
+    # without the import (lazyscript.py)
+    literal_ids: bool = False
 
 
 def list_files(histories: Iterable[History]) -> list[tuple[str, str, os.stat_result]]:
@@ -94,6 +98,7 @@ def read_revision_file(schema: str, path: str, data: bytes | None = None) -> Rev
         return RevisionFile(path, schema, checksum, error="no upgrade() function")
     doc = ast.get_docstring(tree) or ""
     found = CREATE_DATE.search(doc)
+    literal_ids = _literal_ids(tree)
     return RevisionFile(
         path,
         schema,
@@ -105,7 +110,60 @@ def read_revision_file(schema: str, path: str, data: bytes | None = None) -> Rev
         branch_labels=_strings(values.get("branch_labels")),
         create_date=found.group(1) if found else None,
         defines_verify="verify" in functions,
+        literal_ids=literal_ids,
     )
+
+
+_IDS = ("revision", "down_revision", "branch_labels", "depends_on")
+_ID_VALUE = (str, type(None))
+
+
+def _literal_ids(tree: ast.Module) -> bool:
+    """Whether importing the module can only give the ids the text says: each of _IDS
+    bound at most once anywhere in the module (down_revision exactly once, as Alembic
+    requires it), that once a top-level assignment of None, a string or a list or tuple of
+    strings; no star import, no module __getattr__."""
+    bindings: dict[str, int] = dict.fromkeys(_IDS, 0)
+    for node in ast.walk(tree):
+        names: list[str] = []
+        if isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load):
+            names = [node.id]
+        elif isinstance(node, ast.Global | ast.Nonlocal):
+            names = list(node.names)
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            if any(alias.name == "*" for alias in node.names):
+                return False
+            names = [(alias.asname or alias.name).partition(".")[0] for alias in node.names]
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            if node.name == "__getattr__" and node in tree.body:
+                return False
+            names = [node.name]
+        for name in names:
+            if name in bindings:
+                bindings[name] += 1
+    if any(count > 1 for count in bindings.values()) or not bindings["down_revision"]:
+        return False
+    for node in tree.body:
+        target, value = None, None
+        if isinstance(node, ast.Assign) and len(node.targets) == 1:
+            target, value = node.targets[0], node.value
+        elif isinstance(node, ast.AnnAssign):
+            target, value = node.target, node.value
+        if isinstance(target, ast.Name) and target.id in bindings:
+            if value is None or not _is_id_literal(value):
+                return False
+            bindings[target.id] -= 1
+    return not any(bindings.values())  # every binding was one of those assignments
+
+
+def _is_id_literal(node: ast.expr) -> bool:
+    try:
+        value = ast.literal_eval(node)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return False
+    if isinstance(value, list | tuple):
+        return all(isinstance(v, str) for v in value)
+    return isinstance(value, _ID_VALUE)
 
 
 def _strings(value: object) -> tuple[str, ...]:
@@ -127,7 +185,7 @@ CACHE_NAME = "migrate-scan.json"
 # A reading is keyed by the sha256 of the file's bytes, so it cannot go stale; the format
 # key drops every entry when RevisionFile changes shape.
 _FIELDS = tuple(f.name for f in dataclasses.fields(RevisionFile))
-_FORMAT = "2:" + ",".join(_FIELDS)  # 2: revision ids checked when read
+_FORMAT = "3:" + ",".join(_FIELDS)  # 2: revision ids checked when read; 3: literal_ids
 _TUPLES = ("down_revisions", "depends_on", "branch_labels")  # JSON keeps them as lists
 
 
