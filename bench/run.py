@@ -10,6 +10,7 @@ ratios compare figures measured in the same run. bench/README.md says what each 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import shutil
@@ -525,6 +526,56 @@ def sensor_ticks_at(work: Path, files: int, times: int) -> tuple[Sample, int]:
     return quiet, len(cursor or "")
 
 
+DAGSTER_PATH = Path(__file__).resolve().parent / "dagster_path.py"
+
+
+def dagster_path_at(
+    dbs: Databases, work: Path, n: int, times: int
+) -> tuple[Sample, Sample, dict[str, float]]:
+    """One new revision on N-1 applied, through Dagster (dagster_path.py: the sensor's
+    tick, the run it requests, the materialization read back; SQLite instance in a temp
+    DAGSTER_HOME) against the CLI doing the same (`migrate upgrade` + `migrate verify`),
+    interleaved; and the median time of each part of the Dagster process."""
+    from projects import SCHEMA
+
+    ini = make_project(work / f"dagster{n}", n, vanilla=False)
+    root = ini.parent
+    last = sorted((root / "migrations" / "versions" / SCHEMA).glob("*.py"))[-1]
+    body = last.read_text()
+    home = work / f"dagster-home{n}"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    url = dbs.fresh()
+    env = {**base_env(), "DEV_DATABASE_URL": as_text(url), "DAGSTER_HOME": str(home)}
+    migrate = [str(BIN / "migrate"), "-c", str(ini)]
+    last.unlink()
+    run_process([*migrate, "upgrade"], env)  # N-1 applied
+    ours, cli = Sample([], []), Sample([], [])
+    parts: dict[str, list[float]] = {}
+    for i in range(times + 1):  # the first round writes the caches a deployment has
+        if last.exists():
+            last.unlink()
+            _undo_last(url, n)
+        run_process([sys.executable, str(DAGSTER_PATH), "prime"], env, cwd=root)
+        last.write_text(body)  # the new revision lands
+        seconds, rss = run_process([sys.executable, str(DAGSTER_PATH), "run"], env, cwd=root)
+        marks = json.loads((root / "marks.json").read_text())
+        _undo_last(url, n)
+        up, _ = run_process([*migrate, "upgrade"], env)
+        check, _ = run_process([*migrate, "verify", "--schema", SCHEMA], env)
+        if i:
+            ours.seconds.append(seconds)
+            ours.max_rss_kb.append(rss)
+            cli.seconds.append(up + check)
+            cli.max_rss_kb.append(0)
+            previous = 0.0
+            for name, at in marks.items():
+                parts.setdefault(name, []).append(at - previous)
+                previous = at
+    dbs.drop(url)
+    return ours, cli, {name: statistics.median(v) for name, v in parts.items()}
+
+
 def deploy_report(dbs: Databases, work: Path, sizes: list[int], times: int) -> list[Row]:
     rows: list[Row] = []
     targets = {"nothing pending": 0.35, "one pending": 0.85, "status": 0.5, "verify": 0.5}
@@ -543,6 +594,21 @@ def deploy_report(dbs: Databases, work: Path, sizes: list[int], times: int) -> l
                     (ratio <= targets[case]) if n == 1000 else None,
                 )
             )
+    if 1000 in sizes:
+        dagster, cli, parts = dagster_path_at(dbs, work, 1000, times)
+        rows.append(
+            Row(
+                "Dagster path, one new revision, N=1000 (sensor tick, run, materialization; "
+                "whole process)",
+                dagster.spread(),
+                f"migrate upgrade + migrate verify {cli.spread()}",
+                f"{dagster.median / cli.median:.2f}",
+                "-",
+                None,
+            )
+        )
+        for name, seconds in parts.items():
+            rows.append(Row(f"  Dagster path: {name}", f"{seconds:.3f} s", "-", "-", "-", None))
     quiet, length = sensor_ticks_at(work, 10_000, max(times, 10))
     rows.append(
         Row(
