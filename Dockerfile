@@ -21,4 +21,4 @@ COPY deploy/workspace.docker.yaml ./deploy/workspace.docker.yaml
 COPY deploy/dagster.instance.yaml ${DAGSTER_HOME}/dagster.yaml
 
 EXPOSE 3000 4000
-CMD ["dagster", "code-server", "start", "-h", "0.0.0.0", "-p", "4000", "-m", "orchestration.definitions"]
+CMD ["dagster", "code-server", "start", "-h", "0.0.0.0", "-p", "4000", "-m", "dagster_alembic.definitions"]

@@ -28,7 +28,7 @@ def mark(name: str) -> None:
 import dagster as dg  # noqa: E402
 
 mark("import dagster")
-from orchestration.definitions import defs  # noqa: E402
+from dagster_alembic.definitions import defs  # noqa: E402
 
 definitions = defs()
 sensor = definitions.resolve_sensor_def("revision_files_sensor")

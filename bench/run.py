@@ -39,7 +39,7 @@ URL_VARS = ("DEV_DATABASE_URL", "STAGING_DATABASE_URL", "PROD_DATABASE_URL")
 
 
 def server_url() -> sa.engine.URL:
-    from orchestration.urls import normalize_url
+    from dagster_alembic.urls import normalize_url
 
     if os.environ.get("TEST_DATABASE_URL"):
         return normalize_url(os.environ["TEST_DATABASE_URL"])
@@ -211,9 +211,9 @@ IN_PROCESS = r"""
 import os, sys, time, json
 from alembic import command
 from alembic.config import Config
-from orchestration import engine
-from orchestration.revisions import MigrationProject
-from orchestration.settings import load_settings
+from dagster_alembic import engine
+from dagster_alembic.revisions import MigrationProject
+from dagster_alembic.settings import load_settings
 mode, ini = sys.argv[1], sys.argv[2]
 if mode == "ours":
     project = MigrationProject(load_settings(ini))
@@ -259,7 +259,7 @@ def in_process_upgrade(
 # working directory (the bench project's).
 DAGSTER_JOB = r"""
 import dagster as dg
-from orchestration.definitions import defs
+from dagster_alembic.definitions import defs
 with dg.DagsterInstance.ephemeral() as instance:
     result = defs().resolve_job_def("migrate").execute_in_process(instance=instance)
 assert result.success
@@ -306,11 +306,11 @@ def sensor_ticks(work: Path, files: int, times: int) -> tuple[Sample, Sample, bo
     """(quiet tick, tick with one new file, no revision module imported)."""
     import dagster as dg
 
-    from orchestration.definitions import discover_schemas
-    from orchestration.defs.sensors import build_revision_files_sensor
-    from orchestration.defs.specs import build_specs
-    from orchestration.defs.translator import SchemaAssetTranslator
-    from orchestration.settings import load_settings
+    from dagster_alembic.definitions import discover_schemas
+    from dagster_alembic.defs.sensors import build_revision_files_sensor
+    from dagster_alembic.defs.specs import build_specs
+    from dagster_alembic.defs.translator import SchemaAssetTranslator
+    from dagster_alembic.settings import load_settings
 
     ini = make_project(work / f"sensor{files}", files, vanilla=False)
     settings = load_settings(ini)
@@ -378,7 +378,7 @@ def fleet_throughput(
                     "job",
                     "execute",
                     "-m",
-                    "orchestration.definitions",
+                    "dagster_alembic.definitions",
                     "-j",
                     "fleet_dev",
                 ],
@@ -502,11 +502,11 @@ def sensor_ticks_at(work: Path, files: int, times: int) -> tuple[Sample, int]:
     length in characters."""
     import dagster as dg
 
-    from orchestration.definitions import discover_schemas
-    from orchestration.defs.sensors import build_revision_files_sensor
-    from orchestration.defs.specs import build_specs
-    from orchestration.defs.translator import SchemaAssetTranslator
-    from orchestration.settings import load_settings
+    from dagster_alembic.definitions import discover_schemas
+    from dagster_alembic.defs.sensors import build_revision_files_sensor
+    from dagster_alembic.defs.specs import build_specs
+    from dagster_alembic.defs.translator import SchemaAssetTranslator
+    from dagster_alembic.settings import load_settings
 
     ini = make_project(work / f"sensor-scale{files}", files, vanilla=False)
     settings = load_settings(ini)

@@ -1,6 +1,6 @@
 """Alembic environment: plain `alembic`, the `migrate` CLI and Dagster all run through here.
 
-The project's guarantees live in orchestration.runtime so that every entry point gets them:
+The project's guarantees live in dagster_alembic.runtime so that every entry point gets them:
 one runner per database (advisory lock), lock/statement timeouts, one transaction per
 revision, and an audit row in alembic_version_history for every step, failed ones included.
 
@@ -13,7 +13,7 @@ from logging.config import fileConfig
 
 from alembic import context
 
-from orchestration import runtime
+from dagster_alembic import runtime
 
 config = context.config
 

@@ -3,7 +3,7 @@
 It reads the project as Alembic does (alembic.ini, script_location, version_locations or
 Alembic's default versions/ folder), writes migrate.toml (environments, and the PostgreSQL
 schema each history manages), and replaces env.py's closing offline/online dispatch with
-one call to ``orchestration.runtime.run_migrations``, carrying the team's own
+one call to ``dagster_alembic.runtime.run_migrations``, carrying the team's own
 ``context.configure()`` options (target_metadata, include_object, version_table, ...).
 Everything else in env.py stays. Running it again changes nothing.
 """
@@ -20,8 +20,8 @@ from pathlib import Path
 from alembic.config import Config
 from alembic.util.pyfiles import coerce_resource_to_filename
 
-from orchestration.errors import ConfigurationError
-from orchestration.settings import DEFAULT_ENVIRONMENTS, check_identifier, version_folders
+from dagster_alembic.errors import ConfigurationError
+from dagster_alembic.settings import DEFAULT_ENVIRONMENTS, check_identifier, version_folders
 
 CALL = "runtime.run_migrations("
 # Options the pipeline sets itself; the connection and URL come from migrate.toml.
@@ -200,7 +200,7 @@ def _wired_env_py(text: str, path: Path, result: InitResult) -> str | None:
     if dispatch is None:
         raise ConfigurationError(
             f"{path}: found no closing `if context.is_offline_mode(): ... else: ...` to "
-            "replace; end env.py with `from orchestration import runtime` and "
+            "replace; end env.py with `from dagster_alembic import runtime` and "
             "`runtime.run_migrations(context, target_metadata=target_metadata)` yourself"
         )
     options = _configure_options(tree, dispatch, text, result)
@@ -211,7 +211,7 @@ def _wired_env_py(text: str, path: Path, result: InitResult) -> str | None:
         "# Wired by `migrate init`: migrate, Dagster and plain `alembic` run the revisions here,\n"
         "# with the pipeline's lock, timeouts and audit rows; each environment's database URL\n"
         "# comes from migrate.toml. The run_migrations_* functions above are no longer called.\n"
-        "from orchestration import runtime  # noqa: E402\n"
+        "from dagster_alembic import runtime  # noqa: E402\n"
         "\n"
         f"runtime.run_migrations(context{arguments})\n"
     )

@@ -29,8 +29,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from orchestration import catalog
-from orchestration.errors import ConfigurationError
+from dagster_alembic import catalog
+from dagster_alembic.errors import ConfigurationError
 
 TABLE_NAME = "alembic_version_history"
 

@@ -21,22 +21,22 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, NoReturn
 
-from orchestration import fastpath
-from orchestration.errors import ConfigurationError, MigrationError
-from orchestration.revisions import MigrationProject
-from orchestration.settings import ProjectSettings, load_settings
+from dagster_alembic import fastpath
+from dagster_alembic.errors import ConfigurationError, MigrationError
+from dagster_alembic.revisions import MigrationProject
+from dagster_alembic.settings import ProjectSettings, load_settings
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import URL
 
-    from orchestration import audit, embedded, engine, promotion, targets, urls
+    from dagster_alembic import audit, embedded, engine, promotion, targets, urls
 
 
 def _import_engine() -> None:
     """The engine (Alembic, SQLAlchemy), imported once the fast path has not answered:
     `migrate status` and a no-op upgrade answer without it (fastpath.py)."""
     global audit, embedded, engine, promotion, targets, urls
-    from orchestration import audit, embedded, engine, promotion, targets, urls
+    from dagster_alembic import audit, embedded, engine, promotion, targets, urls
 
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -233,7 +233,7 @@ def cmd_plan(project: MigrationProject, args: argparse.Namespace) -> int:
 def _plan_lint(project: MigrationProject, env: str, plans: Sequence[Any]) -> Any:
     """Lint of plan's pending revisions, or the line saying why there is none (no squawk:
     one which() call, nothing rendered)."""
-    from orchestration import lint
+    from dagster_alembic import lint
 
     if lint.find_squawk() is None:
         return f"lint: squawk is not installed (pip install {lint.SQUAWK_PACKAGE}): not linted"
@@ -256,7 +256,7 @@ def _print_plan_lint(schema: str, linted: Any, env: str) -> None:
 
 def cmd_lint(project: MigrationProject, args: argparse.Namespace) -> int:
     """squawk over each pending revision's offline SQL (every revision with --all)."""
-    from orchestration import lint
+    from dagster_alembic import lint
 
     result = lint.lint(project, args.env, args.schema, all_revisions=args.all)
     code = EXIT_OK if result.ok else EXIT_FAILED
@@ -405,8 +405,8 @@ def cmd_baseline(project: MigrationProject, args: argparse.Namespace) -> int:
 
 def cmd_init(args: argparse.Namespace) -> int:
     """Before any setting can be read: init is what makes the project readable."""
-    from orchestration import adopt
-    from orchestration.settings import find_alembic_ini_path
+    from dagster_alembic import adopt
+    from dagster_alembic.settings import find_alembic_ini_path
 
     result = adopt.init(find_alembic_ini_path(args.config), args.schema_name)
     if args.json:
@@ -446,13 +446,15 @@ def _check_writable(option: str, value: str) -> Path:
     raise ConfigurationError(f"cannot write {option} {value}: {why}")
 
 
-def cmd_audit(project: MigrationProject, args: argparse.Namespace) -> int:
+def cmd_audit(settings: ProjectSettings, args: argparse.Namespace) -> int:
+    """Reads no revision file: the history stays readable while one is broken."""
+    settings.environment(args.env)
     if args.limit < 1:
         raise ConfigurationError(f"--limit must be a whole number >= 1, got {args.limit}")
     plot = _check_writable("--plot", args.plot) if args.plot else None
-    rows = engine.history(project, args.env, schemas=args.schema, limit=args.limit)
+    rows = engine.history(settings, args.env, schemas=args.schema, limit=args.limit)
     if plot:
-        from orchestration.plot import audit_timeline
+        from dagster_alembic.plot import audit_timeline
 
         picture = audit_timeline(rows, f"alembic_version_history in {args.env}")
         try:
@@ -500,7 +502,7 @@ def cmd_audit(project: MigrationProject, args: argparse.Namespace) -> int:
 
 
 def _dagster_env(project_settings: Any) -> dict[str, str]:
-    from orchestration import launcher  # YAML: only the Dagster commands need it
+    from dagster_alembic import launcher  # YAML: only the Dagster commands need it
 
     env = launcher.dagster_environment(project_settings)
     env["DAGSTER_HOME"] = str(launcher.prepare_dagster_home(project_settings))
@@ -671,6 +673,7 @@ def build_parser(parser_class: type[_Parser] = _Parser) -> argparse.ArgumentPars
     audit_parser.add_argument(
         "--plot", metavar="FILE", help="also draw the rows as a timeline picture (SVG) in FILE"
     )
+    audit_parser.set_defaults(needs_project=False)  # readable while a revision file is broken
     ui = sub.add_parser(
         "ui",
         help="start the Dagster UI (dg dev) with PostgreSQL storage",

@@ -21,7 +21,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from orchestration import sqltext
+from dagster_alembic import sqltext
 
 # Tables (plain and partitioned) outside the system schemas, with their columns and the
 # rows this transaction deleted from them so far.

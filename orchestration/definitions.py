@@ -14,19 +14,19 @@ from pathlib import Path
 
 import dagster as dg
 
-from orchestration import scan
-from orchestration.defs.assets import build_schema_assets
-from orchestration.defs.fleet import build_fleet_job
-from orchestration.defs.jobs import build_jobs
-from orchestration.defs.observe import build_in_step_checks, build_revision_observer
-from orchestration.defs.resource import MigrationResource, config_path, default_alembic_ini
-from orchestration.defs.schedules import build_environment_sync
-from orchestration.defs.sensors import build_revision_files_sensor
-from orchestration.defs.specs import Names, build_specs
-from orchestration.defs.translator import SchemaAsset, SchemaAssetTranslator
-from orchestration.errors import ConfigurationError
-from orchestration.settings import ProjectSettings, load_settings
-from orchestration.urls import has_password
+from dagster_alembic import scan
+from dagster_alembic.defs.assets import build_schema_assets
+from dagster_alembic.defs.fleet import build_fleet_job
+from dagster_alembic.defs.jobs import build_jobs
+from dagster_alembic.defs.observe import build_in_step_checks, build_revision_observer
+from dagster_alembic.defs.resource import MigrationResource, config_path, default_alembic_ini
+from dagster_alembic.defs.schedules import build_environment_sync
+from dagster_alembic.defs.sensors import build_revision_files_sensor
+from dagster_alembic.defs.specs import Names, build_specs
+from dagster_alembic.defs.translator import SchemaAsset, SchemaAssetTranslator
+from dagster_alembic.errors import ConfigurationError
+from dagster_alembic.settings import ProjectSettings, load_settings
+from dagster_alembic.urls import has_password
 
 SYNC_CRON = "0 3 * * *"
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
-from orchestration.errors import ConfigurationError
+from dagster_alembic.errors import ConfigurationError
 
 DATA_DIR_ENV = "MIGRATE_EMBEDDED_DIR"
 # Dagster keeps its own storage (and its own alembic_version) in a database of its own.

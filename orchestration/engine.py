@@ -21,20 +21,20 @@ from typing import TYPE_CHECKING
 import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
-from orchestration import audit, catalog
-from orchestration.errors import ConfigurationError, DataLossRefused, MigrationError
-from orchestration.revisions import MigrationProject, Revision
-from orchestration.sessions import advisory_lock, create_engine, error_text
-from orchestration.settings import check_identifier
-from orchestration.targets import database_url
-from orchestration.urls import display_url, redact
+from dagster_alembic import audit, catalog
+from dagster_alembic.errors import ConfigurationError, DataLossRefused, MigrationError
+from dagster_alembic.revisions import MigrationProject, Revision
+from dagster_alembic.sessions import advisory_lock, create_engine, error_text
+from dagster_alembic.settings import ProjectSettings, check_identifier
+from dagster_alembic.targets import database_url
+from dagster_alembic.urls import display_url, redact
 
 if TYPE_CHECKING:
     # Alembic is imported where a migration runs or renders: verify, status and baseline
     # run none, and importing it is most of their time (issue #15).
     from alembic.config import Config
 
-    from orchestration import dataloss  # imported where used: only downgrade needs it
+    from dagster_alembic import dataloss  # imported where used: only downgrade needs it
 
 StepCallback = Callable[[audit.AuditRow], None]
 _RELATIVE = re.compile(r"^-(\d+)$")
@@ -173,11 +173,21 @@ def connect(
 ) -> Iterator[tuple[sa.Connection, URL]]:
     """A connection to the environment's database (or another database on its server, for
     a fleet target), or one clear ConfigurationError."""
-    url = database_url(project.settings, environment)
+    with connect_settings(project.settings, environment, database) as connected:
+        yield connected
+
+
+@contextmanager
+def connect_settings(
+    settings: ProjectSettings, environment: str, database: str | None = None
+) -> Iterator[tuple[sa.Connection, URL]]:
+    """``connect`` for what needs no revision file (the audit table): works while a
+    revision file is broken."""
+    url = database_url(settings, environment)
     if database is not None:
         url = url.set(database=check_identifier("database", database))
     # Every session has the environment's lock_timeout and statement_timeout.
-    engine = create_engine(url, environment, project.settings.environment(environment))
+    engine = create_engine(url, environment, settings.environment(environment))
     try:
         try:
             conn = engine.connect()
@@ -417,7 +427,7 @@ def upgrade(
     def steps(config: Config) -> None:
         from alembic import command
 
-        from orchestration import lazyscript
+        from dagster_alembic import lazyscript
 
         # Only the revisions that run are imported, where the scan can tell Alembic the
         # rest (lazyscript.py); else Alembic's own command, which imports every one.
@@ -437,7 +447,7 @@ def upgrade(
 def _lint_gate(
     project: MigrationProject, environment: str, conn: sa.Connection, targets: list[str]
 ) -> None:
-    from orchestration import lint  # lint renders SQL through this module
+    from dagster_alembic import lint  # lint renders SQL through this module
 
     if lint.may_refuse(project, environment):  # else: no read, no squawk run
         heads = _db_heads(conn)
@@ -454,7 +464,7 @@ def lint_gate(
 ) -> None:
     """Refuse (lint.LintRefused) an upgrade to ``targets`` (revision ids) whose revisions
     have a finding that the environment's rules make an error, before any SQL runs."""
-    from orchestration import lint
+    from dagster_alembic import lint
 
     if targets and lint.may_refuse(project, environment):
         with connect(project, environment, database) as (conn, _):
@@ -513,7 +523,7 @@ def _rehearse(
     Returns the rows at risk, or, when a step fails in the rehearsal, the failed result
     (env.py wrote that step's failure row; nothing else was changed).
     """
-    from orchestration import dataloss
+    from dagster_alembic import dataloss
 
     rehearsal = dataloss.Rehearsal()
     config = _alembic_config(
@@ -873,16 +883,19 @@ def baseline(
 
 
 def history(
-    project: MigrationProject,
+    settings: ProjectSettings,
     environment: str,
     *,
     schemas: list[str] | None = None,
     limit: int = 20,
 ) -> list[audit.AuditRow]:
-    """The newest audit rows of the environment's database."""
-    if schemas:
-        _schemas(project, schemas)
-    with connect(project, environment) as (conn, _):
-        return audit.recent_rows(
-            conn, project.settings.audit_schema, limit=limit, schema_names=schemas
-        )
+    """The newest audit rows of the environment's database. Reads no revision file: the
+    history stays readable while one is broken (or a schema has two heads)."""
+    known = list(dict.fromkeys(h.schema for h in settings.histories))
+    for schema in schemas or ():
+        if schema not in known:
+            raise ConfigurationError(
+                f"unknown schema {schema!r} (known: {', '.join(known) or 'none'})"
+            )
+    with connect_settings(settings, environment) as (conn, _):
+        return audit.recent_rows(conn, settings.audit_schema, limit=limit, schema_names=schemas)

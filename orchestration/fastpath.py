@@ -32,9 +32,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, quote_plus, unquote, unquote_plus
 
-from orchestration.errors import ConfigurationError
-from orchestration.revisions import MigrationProject, Revision
-from orchestration.settings import ProjectSettings, find_alembic_ini_path
+from dagster_alembic.errors import ConfigurationError
+from dagster_alembic.revisions import MigrationProject, Revision
+from dagster_alembic.settings import ProjectSettings, find_alembic_ini_path
 
 # sessions.LOCK_KEY (pinned by a test): importing sessions would import SQLAlchemy.
 LOCK_KEY = int.from_bytes(hashlib.sha256(b"alembic-dagster-pipeline").digest()[:8], "big") >> 1
@@ -149,7 +149,7 @@ def learn_audit_probe(settings: ProjectSettings, probe: Any) -> None:
     audit tables' probe, and whether ensure_table would change nothing for ``probe`` (the
     catalog the fast path saw). Both are pure functions of the probe: next time the fast
     path may skip ensure_table exactly when it would have done nothing."""
-    from orchestration import audit
+    from dagster_alembic import audit
 
     cache = _load(settings.alembic_ini)
     if cache is None:

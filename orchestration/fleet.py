@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 
-from orchestration import engine
-from orchestration.errors import ConfigurationError, MigrationError
-from orchestration.revisions import MigrationProject
-from orchestration.settings import check_identifier, load_settings
+from dagster_alembic import engine
+from dagster_alembic.errors import ConfigurationError, MigrationError
+from dagster_alembic.revisions import MigrationProject
+from dagster_alembic.settings import check_identifier, load_settings
 
 DONE, UP_TO_DATE, FAILED = "done", "up to date", "failed"
 

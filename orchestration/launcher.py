@@ -12,10 +12,10 @@ from pathlib import Path
 
 import yaml
 
-from orchestration import targets
-from orchestration.errors import ConfigurationError
-from orchestration.settings import ProjectSettings
-from orchestration.urls import normalize_url
+from dagster_alembic import targets
+from dagster_alembic.errors import ConfigurationError
+from dagster_alembic.settings import ProjectSettings
+from dagster_alembic.urls import normalize_url
 
 STORAGE_ENV = "DAGSTER_POSTGRES_URL"
 

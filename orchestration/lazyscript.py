@@ -36,9 +36,9 @@ from alembic.script import Script, ScriptDirectory
 from alembic.script.revision import Revision as AlembicRevision
 from alembic.script.revision import RevisionMap
 
-from orchestration.errors import ConfigurationError
-from orchestration.revisions import MigrationProject
-from orchestration.scan import RevisionFile
+from dagster_alembic.errors import ConfigurationError
+from dagster_alembic.revisions import MigrationProject
+from dagster_alembic.scan import RevisionFile
 
 # The files Alembic takes as revisions when not `sourceless` (alembic.script.base).
 _SOURCE_FILE = re.compile(r"(?!\.\#|__init__)(.*\.py)$")

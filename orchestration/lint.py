@@ -28,11 +28,11 @@ from types import FrameType
 
 from alembic import command
 
-from orchestration import audit, engine
-from orchestration.errors import ConfigurationError, MigrationError
-from orchestration.revisions import MigrationProject, Revision
-from orchestration.settings import parse_duration
-from orchestration.targets import database_url
+from dagster_alembic import audit, engine
+from dagster_alembic.errors import ConfigurationError, MigrationError
+from dagster_alembic.revisions import MigrationProject, Revision
+from dagster_alembic.settings import parse_duration
+from dagster_alembic.targets import database_url
 
 SQUAWK_PACKAGE = "squawk-cli==2.70.0"
 

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from xml.sax.saxutils import escape
 
-from orchestration.audit import AuditRow
+from dagster_alembic.audit import AuditRow
 
 # Fits the Dagster UI's metadata dialog and an asset page's column without scrolling.
 WIDTH, LEFT, RIGHT, TOP, LANE, BOTTOM = 640, 92, 16, 52, 56, 44

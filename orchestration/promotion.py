@@ -21,8 +21,8 @@ from datetime import datetime
 
 import sqlalchemy as sa
 
-from orchestration import audit, engine
-from orchestration.revisions import MigrationProject
+from dagster_alembic import audit, engine
+from dagster_alembic.revisions import MigrationProject
 
 
 @dataclass(frozen=True)

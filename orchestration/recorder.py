@@ -15,11 +15,11 @@ from alembic.script import Script
 from sqlalchemy.engine import URL
 from sqlalchemy.sql.dml import UpdateBase
 
-from orchestration import audit, catalog, sqltext
-from orchestration.errors import MigrationError
-from orchestration.revisions import MigrationProject, Revision
-from orchestration.sessions import error_text
-from orchestration.settings import ProjectSettings
+from dagster_alembic import audit, catalog, sqltext
+from dagster_alembic.errors import MigrationError
+from dagster_alembic.revisions import MigrationProject, Revision
+from dagster_alembic.sessions import error_text
+from dagster_alembic.settings import ProjectSettings
 
 USER_VERSION_ENV = "MIGRATE_USER_VERSION"
 
@@ -310,7 +310,7 @@ class StepRecorder:
             down = ",".join(revision.down_revisions) or None
         ignored = None
         if operation == audit.MIGRATION:  # lint reads a revision's upgrade only
-            from orchestration import lint  # the revision's squawk_ignore, read as text
+            from dagster_alembic import lint  # the revision's squawk_ignore, read as text
 
             ignored = lint.declared_ignores(revision)
         new, prev = (revision.revision, down) if info.is_upgrade else (down, revision.revision)

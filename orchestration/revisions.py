@@ -13,9 +13,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
 
-from orchestration import scan
-from orchestration.errors import ConfigurationError
-from orchestration.settings import ProjectSettings
+from dagster_alembic import scan
+from dagster_alembic.errors import ConfigurationError
+from dagster_alembic.settings import ProjectSettings
 
 if TYPE_CHECKING:  # Alembic is imported only by those who run it
     from alembic.script import Script

@@ -29,17 +29,17 @@ from alembic.runtime.environment import EnvironmentContext
 from alembic.runtime.migration import MigrationContext, MigrationInfo
 from sqlalchemy.engine import URL
 
-from orchestration import audit, catalog
-from orchestration.errors import MigrationError
-from orchestration.recorder import StepRecorder
-from orchestration.sessions import (
+from dagster_alembic import audit, catalog
+from dagster_alembic.errors import MigrationError
+from dagster_alembic.recorder import StepRecorder
+from dagster_alembic.sessions import (
     advisory_lock,
     cancel_on_interrupt,
     create_engine,
     interrupts_deferred,
 )
-from orchestration.settings import ProjectSettings, load_settings
-from orchestration.targets import database_url
+from dagster_alembic.settings import ProjectSettings, load_settings
+from dagster_alembic.targets import database_url
 
 
 def environment_of(context: EnvironmentContext) -> str:

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestration.settings import History
+from dagster_alembic.settings import History
 
 CREATE_DATE = re.compile(r"^Create Date:\s*(.+?)\s*$", re.MULTILINE)
 # What Alembic can name on a command line and store in alembic_version (varchar(32)).

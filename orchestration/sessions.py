@@ -17,12 +17,14 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
-from orchestration import audit
-from orchestration.errors import MigrationError
-from orchestration.settings import EnvironmentSettings
-from orchestration.urls import redact
+from dagster_alembic import audit
+from dagster_alembic.errors import MigrationError
+from dagster_alembic.settings import EnvironmentSettings
+from dagster_alembic.urls import redact
 
 # One advisory lock key for "a migration runs on this database" (63 bits, stable).
+# From the project's first name (alembic-dagster-pipeline): kept, so releases before and
+# after the rename take the same lock.
 LOCK_KEY = int.from_bytes(hashlib.sha256(b"alembic-dagster-pipeline").digest()[:8], "big") >> 1
 _ERROR_LIMIT = 4000
 

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from orchestration.errors import ConfigurationError
+from dagster_alembic.errors import ConfigurationError
 
 DEFAULT_ENVIRONMENTS = ("dev", "staging", "prod")
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")

@@ -6,10 +6,10 @@ import os
 
 from sqlalchemy.engine import URL
 
-from orchestration import embedded
-from orchestration.errors import ConfigurationError
-from orchestration.settings import ProjectSettings
-from orchestration.urls import normalize_url, register_url
+from dagster_alembic import embedded
+from dagster_alembic.errors import ConfigurationError
+from dagster_alembic.settings import ProjectSettings
+from dagster_alembic.urls import normalize_url, register_url
 
 
 def configured_urls(settings: ProjectSettings) -> dict[str, str]:

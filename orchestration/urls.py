@@ -23,7 +23,7 @@ from urllib.parse import quote, quote_plus, unquote, unquote_plus
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
-from orchestration.errors import ConfigurationError
+from dagster_alembic.errors import ConfigurationError
 
 # SQLAlchemy 2.1 maps plain postgresql:// to psycopg 3, which is not installed.
 _PSYCOPG2 = "postgresql+psycopg2"

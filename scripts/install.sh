@@ -9,4 +9,9 @@ if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null
 fi
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
+# The distribution was called alembic-dagster-pipeline (package `orchestration`) before it
+# became dagster-alembic (package dagster_alembic): drop the old one from an existing .venv.
+if .venv/bin/python -m pip show --quiet alembic-dagster-pipeline >/dev/null 2>&1; then
+    .venv/bin/python -m pip uninstall --quiet --yes alembic-dagster-pipeline
+fi
 .venv/bin/python -m pip install --quiet -e ".[dev]"

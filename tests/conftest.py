@@ -26,10 +26,10 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
-from orchestration import launcher
-from orchestration.revisions import MigrationProject
-from orchestration.settings import ProjectSettings, load_settings
-from orchestration.urls import normalize_url
+from dagster_alembic import launcher
+from dagster_alembic.revisions import MigrationProject
+from dagster_alembic.settings import ProjectSettings, load_settings
+from dagster_alembic.urls import normalize_url
 
 REPO = Path(__file__).resolve().parent.parent
 LOCAL_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"

@@ -294,7 +294,7 @@ def test_downgrade_refuses_to_drop_data_unless_allowed_then_reverts_to_base(
 
 
 def test_dagster_materializes_the_single_asset_dev_public(initialized: Adopted):
-    from orchestration.definitions import build_definitions
+    from dagster_alembic.definitions import build_definitions
 
     project = initialized
     defs = build_definitions(str(project.ini))

@@ -18,7 +18,7 @@ from alembic import command
 from alembic.config import Config
 from conftest import ANALYTICS_HEAD, ECOMMERCE_HEAD, Workspace
 
-from orchestration import engine
+from dagster_alembic import engine
 
 # Audit-Alembic's quickstart env.py (its README), on the workspace's own revision files.
 # Its `alembic_supports_callback()` check is left out: it calls inspect.getargspec, which
@@ -192,7 +192,7 @@ def test_a_history_audit_alembic_wrote_is_taken_over_in_place(workspace: Workspa
     assert verify_row.alembic_version == ANALYTICS_HEAD
 
     # One timeline: Audit-Alembic's rows and ours, in order, in our terms.
-    history = list(reversed(engine.history(project, "dev", limit=100)))
+    history = list(reversed(engine.history(project.settings, "dev", limit=100)))
     assert [r.id for r in history] == [r.id for r in _their_rows(workspace)]
     assert [r.operation for r in history[:5]] == [
         "migration",
@@ -208,7 +208,9 @@ def test_a_history_audit_alembic_wrote_is_taken_over_in_place(workspace: Workspa
     assert history[0].alembic_version == "7afdd87a5e29"
     assert all(r.operation_direction is None for r in history if r.operation == "verify")
     # Audit-Alembic's rows name no schema: they belong to each schema's history.
-    analytics = list(reversed(engine.history(project, "dev", schemas=["analytics"], limit=100)))
+    analytics = list(
+        reversed(engine.history(project.settings, "dev", schemas=["analytics"], limit=100))
+    )
     assert [r.id for r in analytics] == [r.id for r in history if r.schema_name != "ecommerce"]
     assert [r.id for r in analytics[:5]] == [r.id for r in theirs]
     table = workspace.run("migrate", "audit", "--limit", "100")
@@ -224,7 +226,7 @@ def test_a_history_audit_alembic_wrote_is_taken_over_in_place(workspace: Workspa
     assert (last.operation_type, last.operation_direction) == ("migration", "down")
     assert (last.alembic_version, last.prev_alembic_version) == ("54886dd283f2", ANALYTICS_HEAD)
     # ...and its rows join the timeline, and the pipeline carries on after them.
-    (newest,) = engine.history(project, "dev", limit=1)
+    (newest,) = engine.history(project.settings, "dev", limit=1)
     assert (newest.id, newest.operation, newest.schema_name) == (last.id, "rollback", None)
     again = engine.upgrade(project, "dev")
     assert again.ok and [s.alembic_version for s in again.steps] == [ANALYTICS_HEAD]

@@ -24,8 +24,8 @@ from conftest import (
     simple_revision,
 )
 
-from orchestration import embedded
-from orchestration.settings import load_settings
+from dagster_alembic import embedded
+from dagster_alembic.settings import load_settings
 
 ARTIFACTS = REPO / "test-artifacts" / "browser"
 CHROMIUM_FLAGS = [
@@ -95,7 +95,7 @@ def test_a_person_launches_migrate_and_reads_the_result(browser, embedded_ui):
 
     # 2. the migrate job's Launchpad: no config typed, click the launch button
     page.goto(
-        f"{base}/locations/orchestration.definitions/jobs/migrate/playground",
+        f"{base}/locations/dagster_alembic.definitions/jobs/migrate/playground",
         wait_until="networkidle",
     )
     page.get_by_text("No errors").wait_for(timeout=30_000)
@@ -152,7 +152,7 @@ def test_a_person_launches_migrate_and_reads_the_result(browser, embedded_ui):
 
 
 def _dev_url(settings) -> str:
-    from orchestration.targets import database_url
+    from dagster_alembic.targets import database_url
 
     return database_url(settings, "dev").render_as_string(hide_password=False)
 
@@ -163,8 +163,8 @@ def test_revision_state_is_visible_true_and_actionable(browser, embedded_ui, wor
     click; the rollback Launchpad, reached from the asset page, is filled from choices."""
     from dagster_graphql import DagsterGraphQLClient
 
-    from orchestration import engine
-    from orchestration.revisions import MigrationProject
+    from dagster_alembic import engine
+    from dagster_alembic.revisions import MigrationProject
 
     base, settings = embedded_ui
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -201,7 +201,7 @@ def test_revision_state_is_visible_true_and_actionable(browser, embedded_ui, wor
         "query($s: SensorSelector!) { sensorOrError(sensorSelector: $s) { ... on Sensor { id } } }",
         {
             "s": {
-                "repositoryLocationName": "orchestration.definitions",
+                "repositoryLocationName": "dagster_alembic.definitions",
                 "repositoryName": "__repository__",
                 "sensorName": "revision_files_sensor",
             }
@@ -216,7 +216,7 @@ def test_revision_state_is_visible_true_and_actionable(browser, embedded_ui, wor
         "2024_03_02_0900-b0000000000a_wishlists.py",
         simple_revision("b0000000000a", ECOMMERCE_HEAD, "wishlists"),
     )
-    client.reload_repository_location("orchestration.definitions")
+    client.reload_repository_location("dagster_alembic.definitions")
     page.goto(f"{base}/assets/dev/ecommerce", wait_until="networkidle")
     skip = page.get_by_role("button", name="Skip")
     if skip.count():

@@ -21,8 +21,8 @@ from conftest import (
     simple_revision,
 )
 
-from orchestration import embedded, engine, launcher
-from orchestration.cli import main
+from dagster_alembic import embedded, engine, launcher
+from dagster_alembic.cli import main
 
 
 def run(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
@@ -163,6 +163,20 @@ def test_broken_revision_file_exits_2_naming_the_file(workspace: Workspace, caps
     assert code == 2
     assert "broken000001_broken.py" in err and err.count("\n") == 1
     assert workspace.version_heads() == set()
+
+
+def test_the_audit_history_stays_readable_while_a_revision_file_is_broken(
+    workspace: Workspace, capsys
+):
+    assert run(capsys, "upgrade", "--schema", "ecommerce")[0] == 0
+    workspace.add_revision("ecommerce", "2024_03_01_0900-broken000001_broken.py", "def upgrade(:\n")
+    code, out, err = run(capsys, "audit", "--json")
+    assert code == 0, err
+    rows = json.loads(out)["rows"]
+    assert ECOMMERCE_HEAD in {r["alembic_version"] for r in rows}
+    assert run(capsys, "status")[0] == 2  # what needs the files still says what is wrong
+    code, _, err = run(capsys, "audit", "--schema", "nope")
+    assert code == 2 and "unknown schema 'nope' (known: ecommerce, analytics)" in err
 
 
 def test_migrate_console_script_exit_codes(workspace: Workspace):

@@ -17,8 +17,8 @@ import dagster as dg
 import pytest
 from conftest import ECOMMERCE_HEAD, ENV_URL_VARS, REPO, Databases, Workspace
 
-from orchestration import launcher
-from orchestration.components import AlembicMigrationsComponent
+from dagster_alembic import launcher
+from dagster_alembic.components import AlembicMigrationsComponent
 
 BIN = Path(sys.executable).parent
 DG = str(BIN / "dg")
@@ -43,7 +43,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from orchestration.definitions import build_definitions
+from dagster_alembic.definitions import build_definitions
 
 HERE = Path(__file__).parent
 
@@ -88,7 +88,7 @@ url_env = "CRM_PROD_DATABASE_URL"
 
 # The component's folder is team/team_project/defs/billing: alembic_ini is relative to it.
 BILLING_DEFS_YAML = """
-type: orchestration.components.AlembicMigrationsComponent
+type: dagster_alembic.components.AlembicMigrationsComponent
 
 attributes:
   alembic_ini: ../../../billing/alembic.ini
@@ -293,4 +293,4 @@ def test_dg_check_defs_and_list_components_in_this_repository():
 
     components = _dg("list", "components", "--json", cwd=REPO, env=_env())
     assert components.returncode == 0, components.stdout[-3000:]
-    assert "orchestration.components.AlembicMigrationsComponent" in components.stdout
+    assert "dagster_alembic.components.AlembicMigrationsComponent" in components.stdout

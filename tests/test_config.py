@@ -13,9 +13,9 @@ import pytest
 import sqlalchemy as sa
 from conftest import Workspace
 
-from orchestration.cli import main
-from orchestration.errors import ConfigurationError
-from orchestration.settings import load_settings
+from dagster_alembic.cli import main
+from dagster_alembic.errors import ConfigurationError
+from dagster_alembic.settings import load_settings
 
 
 def run(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
@@ -88,7 +88,7 @@ def test_a_migrate_toml_that_is_not_utf8_is_an_error(workspace: Workspace, capsy
 def test_timeouts_are_checked_as_postgresql_reads_them(server_url):
     """Every duration parse_duration accepts, PostgreSQL accepts, with the same value;
     what PostgreSQL refuses (or would round to 0, turning the timeout off) is refused."""
-    from orchestration.settings import parse_duration
+    from dagster_alembic.settings import parse_duration
 
     accepted = ["5s", "500ms", "10min", "1h", "2d", "0", "250", "1.5s", " 3 s ", "24d",
                 "1000us", "2147483647"]  # fmt: skip
@@ -184,7 +184,7 @@ def test_the_console_script_says_one_line_for_bad_configuration(workspace: Works
 def test_an_alembic_ini_value_alembic_cannot_read_is_one_line(
     workspace, capsys, option: str, value: str
 ):
-    from orchestration.cli import main
+    from dagster_alembic.cli import main
 
     text = workspace.ini.read_text()
     lines = [line for line in text.splitlines() if not line.startswith(f"{option} =")]

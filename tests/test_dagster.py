@@ -10,7 +10,7 @@ import dagster as dg
 import pytest
 from conftest import ANALYTICS_HEAD, ECOMMERCE_HEAD, Workspace, simple_revision
 
-from orchestration.definitions import build_definitions
+from dagster_alembic.definitions import build_definitions
 
 
 @pytest.fixture
@@ -558,7 +558,7 @@ def state_templates(server_url, tmp_path_factory):
 
     from conftest import REPO, Databases
 
-    from orchestration import engine
+    from dagster_alembic import engine
 
     root = tmp_path_factory.mktemp("templates")
     for name in ("alembic.ini", "migrate.toml"):
@@ -795,7 +795,7 @@ def _observed(result) -> dict[str, str]:
 def test_the_observer_reports_changes_made_outside_dagster_and_never_promotes(
     defs, instance, workspace
 ):
-    from orchestration import engine
+    from dagster_alembic import engine
 
     first, cursor = _observe(defs, instance, None)
     assert _observed(first) == {
@@ -837,7 +837,7 @@ def test_the_observer_reports_changes_made_outside_dagster_and_never_promotes(
 
 
 def test_the_in_step_check_runs_on_its_own_too(defs, instance, workspace):
-    from orchestration import engine
+    from dagster_alembic import engine
 
     assert engine.upgrade(workspace.project(), "dev").ok
     key = dg.AssetCheckKey(_key("prod", "analytics"), "in_step")
@@ -976,8 +976,8 @@ def test_the_audit_timeline_keeps_steps_of_one_second_apart_and_is_on_each_asset
     import xml.etree.ElementTree as ET
     from datetime import datetime
 
-    from orchestration.audit import AuditRow
-    from orchestration.plot import WIDTH, audit_timeline
+    from dagster_alembic.audit import AuditRow
+    from dagster_alembic.plot import WIDTH, audit_timeline
 
     at = datetime(2026, 1, 1, 9, 0, 0)  # one second for all: a whole upgrade often is
     rows = [

@@ -8,9 +8,9 @@ import pytest
 from conftest import ANALYTICS_HEAD, ECOMMERCE_HEAD, Workspace, running_dagster
 from dagster_graphql import DagsterGraphQLClient
 
-from orchestration import launcher
-from orchestration.errors import ConfigurationError
-from orchestration.settings import load_settings
+from dagster_alembic import launcher
+from dagster_alembic.errors import ConfigurationError
+from dagster_alembic.settings import load_settings
 
 
 @pytest.fixture

@@ -14,8 +14,8 @@ import pytest
 import yaml
 from conftest import REPO
 
-from orchestration import launcher
-from orchestration.settings import load_settings
+from dagster_alembic import launcher
+from dagster_alembic.settings import load_settings
 
 COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
@@ -48,7 +48,7 @@ def test_paths_and_ports_exist_and_agree():
     code = SERVICES["code-location"]["command"]
     assert grpc["host"] == "code-location"
     assert str(grpc["port"]) == code[code.index("-p") + 1]
-    assert code[code.index("-m") + 1] == "orchestration.definitions"
+    assert code[code.index("-m") + 1] == "dagster_alembic.definitions"
     for name in ("dagster-webserver", "dagster-daemon"):
         cmd = SERVICES[name]["command"]
         path = cmd[cmd.index("-w") + 1]
@@ -129,7 +129,7 @@ def test_docker_compose_config_parses():
 
 def test_a_plain_install_carries_every_subpackage(tmp_path):
     """The Docker image runs `pip install .` (not editable): the wheel must hold
-    orchestration.defs and orchestration.components, not only the top package."""
+    dagster_alembic.defs and dagster_alembic.components, not only the top package."""
     import zipfile
 
     subprocess.run(
@@ -139,5 +139,5 @@ def test_a_plain_install_carries_every_subpackage(tmp_path):
     )
     (wheel,) = tmp_path.glob("*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    for module in ("orchestration/defs/assets.py", "orchestration/components/__init__.py"):
+    for module in ("dagster_alembic/defs/assets.py", "dagster_alembic/components/__init__.py"):
         assert module in names, module

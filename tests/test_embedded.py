@@ -6,9 +6,9 @@ import pytest
 import sqlalchemy as sa
 from conftest import ENV_URL_VARS, Workspace
 
-from orchestration import embedded, engine, targets
-from orchestration.errors import ConfigurationError
-from orchestration.settings import load_settings
+from dagster_alembic import embedded, engine, targets
+from dagster_alembic.errors import ConfigurationError
+from dagster_alembic.settings import load_settings
 
 
 @pytest.fixture

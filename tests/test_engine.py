@@ -12,7 +12,7 @@ from conftest import (
     simple_revision,
 )
 
-from orchestration import engine
+from dagster_alembic import engine
 
 ECOMMERCE_CHAIN = ["7afdd87a5e29", "07e0f754c9d8", "da35ac5b8dce", "fac149d9b774", ECOMMERCE_HEAD]
 ANALYTICS_CHAIN = ["54886dd283f2", ANALYTICS_HEAD]
@@ -294,7 +294,7 @@ def test_revision_readings_are_cached_by_content_like_bytecode(workspace: Worksp
     import json
     import sys
 
-    from orchestration import scan
+    from dagster_alembic import scan
 
     cache = workspace.versions / "ecommerce" / "__pycache__" / scan.CACHE_NAME
     monkeypatch.setattr(sys, "dont_write_bytecode", True)
@@ -320,7 +320,7 @@ def test_revision_readings_are_cached_by_content_like_bytecode(workspace: Worksp
 
 
 def test_the_audit_row_writes_every_column_the_server_does_not_fill():
-    from orchestration import audit
+    from dagster_alembic import audit
 
     columns = {c.name for c in audit.audit_table("public").columns}
     assert set(audit._STORED) == columns - {"id", "changed_at"}
@@ -380,7 +380,7 @@ def test_alembic_still_hands_env_py_the_step_generator(workspace: Workspace):
     from alembic.runtime.environment import EnvironmentContext
     from alembic.script import ScriptDirectory
 
-    from orchestration.runtime import tracked_steps
+    from dagster_alembic.runtime import tracked_steps
 
     seen: list[str] = []
 

@@ -13,7 +13,7 @@ from alembic import command
 from alembic.config import Config
 from conftest import ANALYTICS_HEAD, ECOMMERCE_HEAD, Workspace
 
-from orchestration.errors import MigrationError
+from dagster_alembic.errors import MigrationError
 
 
 def _config(workspace: Workspace, connection: object = None) -> Config:

@@ -19,9 +19,9 @@ import pytest
 import sqlalchemy as sa
 from conftest import ECOMMERCE_HEAD, Workspace, simple_revision
 
-from orchestration import cli, engine, fastpath, sessions, targets, urls
-from orchestration.cli import main
-from orchestration.settings import load_settings
+from dagster_alembic import cli, engine, fastpath, sessions, targets, urls
+from dagster_alembic.cli import main
+from dagster_alembic.settings import load_settings
 
 
 @pytest.fixture(autouse=True)
@@ -189,7 +189,7 @@ def test_no_alembic_or_sqlalchemy_import(workspace, capsys):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     for command in ("status", "upgrade"):
         script = (
-            "import sys\nfrom orchestration.cli import main\n"
+            "import sys\nfrom dagster_alembic.cli import main\n"
             f"code = main([{command!r}])\n"
             "heavy = [m for m in ('sqlalchemy', 'alembic') if m in sys.modules]\n"
             "assert code == 0 and not heavy, (code, heavy)\n"
@@ -236,7 +236,7 @@ def test_copies_of_engine_values_stay_equal(workspace):
         sessions.session_options(env)
     )
     assert fastpath.application_name("dev") == sessions.application_name("dev")
-    from orchestration import launcher
+    from dagster_alembic import launcher
 
     assert fastpath.STORAGE_ENV == launcher.STORAGE_ENV
     project = workspace.project()
@@ -261,7 +261,7 @@ def test_verify_runs_without_alembic_and_answers_as_with_load_settings(
     warm(capsys)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     script = (
-        "import sys\nfrom orchestration.cli import main\n"
+        "import sys\nfrom dagster_alembic.cli import main\n"
         "code = main(['verify', '--schema', 'ecommerce'])\n"
         "assert code == 0 and 'alembic' not in sys.modules, (code, sorted(sys.modules))\n"
     )

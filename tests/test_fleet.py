@@ -9,8 +9,8 @@ import pytest
 import sqlalchemy as sa
 from conftest import ANALYTICS_HEAD, ECOMMERCE_HEAD, Workspace
 
-from orchestration import fleet
-from orchestration.definitions import build_definitions
+from dagster_alembic import fleet
+from dagster_alembic.definitions import build_definitions
 
 
 def _fleet_config(workspace: Workspace, body: str) -> None:
@@ -123,7 +123,7 @@ def test_an_unreachable_target_is_one_failure_not_a_crash(workspace: Workspace):
 
 
 def test_batches_one_step_by_default_or_n_targets_per_step():
-    from orchestration.defs.fleet import batches
+    from dagster_alembic.defs.fleet import batches
 
     names = [f"t{i:02d}" for i in range(21)]
     assert batches(names, 0) == [names]  # default: one step, its pool does the parallel work

@@ -15,11 +15,11 @@ import pytest
 import sqlalchemy as sa
 from conftest import ANALYTICS_HEAD, ECOMMERCE_HEAD, Workspace, revision_file, simple_revision
 
-from orchestration import engine
-from orchestration.cli import main
-from orchestration.definitions import build_definitions
-from orchestration.errors import DataLossRefused
-from orchestration.sessions import LOCK_KEY
+from dagster_alembic import engine
+from dagster_alembic.cli import main
+from dagster_alembic.definitions import build_definitions
+from dagster_alembic.errors import DataLossRefused
+from dagster_alembic.sessions import LOCK_KEY
 
 
 def _revision(revision: str, down: str, upgrade: str, downgrade: str = "pass") -> str:

@@ -27,10 +27,10 @@ from conftest import (
     simple_revision,
 )
 
-from orchestration import launcher
-from orchestration.definitions import build_definitions
-from orchestration.defs.translator import SchemaAssetProps, SchemaAssetTranslator
-from orchestration.errors import ConfigurationError
+from dagster_alembic import launcher
+from dagster_alembic.definitions import build_definitions
+from dagster_alembic.defs.translator import SchemaAssetProps, SchemaAssetTranslator
+from dagster_alembic.errors import ConfigurationError
 
 CRM_TOML = """
 [environments.dev]
@@ -85,7 +85,7 @@ def test_importing_the_integration_reads_nothing(tmp_path: Path):
     """From a directory with no alembic.ini: the import must not look for one."""
     env = {k: v for k, v in os.environ.items() if k != "ALEMBIC_CONFIG"}
     done = subprocess.run(
-        [sys.executable, "-c", "import orchestration.definitions, orchestration.defs.specs"],
+        [sys.executable, "-c", "import dagster_alembic.definitions, dagster_alembic.defs.specs"],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -276,7 +276,7 @@ def test_dagster_definitions_validate_needs_no_variable(workspace: Workspace):
         timeout=180,
     )
     assert done.returncode == 0, done.stdout[-3000:]
-    assert "Validation successful for code location orchestration.definitions" in done.stdout
+    assert "Validation successful for code location dagster_alembic.definitions" in done.stdout
     assert "Using temporary directory" in done.stdout
 
 
@@ -315,7 +315,7 @@ def test_dagster_dev_serves_the_code_location_with_no_variable(workspace: Worksp
                 pytest.fail(log.read_text()[-3000:])
             time.sleep(1)
         assert [(e["name"], e["locationOrLoadError"]["__typename"]) for e in entries] == [
-            ("orchestration.definitions", "RepositoryLocation")
+            ("dagster_alembic.definitions", "RepositoryLocation")
         ]
     finally:
         _stop(dev)

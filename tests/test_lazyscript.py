@@ -19,8 +19,8 @@ from alembic import util as alembic_util
 from alembic.script import ScriptDirectory
 from conftest import ANALYTICS_HEAD, ECOMMERCE_HEAD, Workspace, simple_revision
 
-from orchestration import engine, lazyscript, scan
-from orchestration.revisions import MigrationProject
+from dagster_alembic import engine, lazyscript, scan
+from dagster_alembic.revisions import MigrationProject
 
 
 def _config(project: MigrationProject):

@@ -8,8 +8,8 @@ import json
 import pytest
 from conftest import ECOMMERCE_HEAD, Workspace, revision_file
 
-from orchestration import lint
-from orchestration.cli import main
+from dagster_alembic import lint
+from dagster_alembic.cli import main
 
 pytestmark = pytest.mark.skipif(
     lint.find_squawk() is None, reason="squawk-cli is not installed (pip install -e .)"
@@ -567,7 +567,7 @@ def _run_checks(defs, instance, *keys):
 def test_dagster_shows_findings_and_refuses_promotion_before_any_sql(workspace: Workspace, case):
     import dagster as dg
 
-    from orchestration.definitions import build_definitions
+    from dagster_alembic.definitions import build_definitions
 
     revision, upgrade, rule, sql = case
     add(workspace, revision, upgrade)
@@ -636,7 +636,7 @@ def test_dagster_shows_findings_and_refuses_promotion_before_any_sql(workspace: 
 def test_dagster_promotes_a_clean_revision_and_its_lint_check_passes(workspace: Workspace):
     import dagster as dg
 
-    from orchestration.definitions import build_definitions
+    from dagster_alembic.definitions import build_definitions
 
     add(workspace, *CLEAN)
     defs = build_definitions(str(workspace.ini))
@@ -702,7 +702,7 @@ def test_a_revision_that_cannot_render_offline_is_a_finding_it_can_silence(
 
 def test_the_gate_lints_the_same_files_under_the_same_rules_once(workspace: Workspace, monkeypatch):
     """A fleet upgrades many databases with the same pending files: squawk runs once."""
-    from orchestration import engine
+    from dagster_alembic import engine
 
     calls: list[list[str]] = []
     squawk = lint._squawk

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from conftest import ANALYTICS_HEAD, ECOMMERCE_HEAD, Workspace, simple_revision
 
-from orchestration import engine, promotion
+from dagster_alembic import engine, promotion
 
 NEW = "new000000001"
 NEW_FILE = f"2024_03_02_0900-{NEW}_add.py"

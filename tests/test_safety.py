@@ -21,9 +21,9 @@ import pytest
 import sqlalchemy as sa
 from conftest import ECOMMERCE_HEAD, Workspace, revision_file
 
-from orchestration import engine
-from orchestration.errors import DataLossRefused, MigrationError
-from orchestration.sessions import LOCK_KEY
+from dagster_alembic import engine
+from dagster_alembic.errors import DataLossRefused, MigrationError
+from dagster_alembic.sessions import LOCK_KEY
 
 
 def _two_tables(workspace: Workspace, downgrade: str, *, extra_upgrade: str = "") -> None:
@@ -559,7 +559,7 @@ def test_a_terminated_dagster_run_cancels_the_statement_and_records_the_failed_s
             "--select",
             "dev/ecommerce",
             "-m",
-            "orchestration.definitions",
+            "dagster_alembic.definitions",
             "-a",
             "defs",
         ],
@@ -625,7 +625,7 @@ def test_the_statement_splitter_is_not_fooled_by_escapes_or_dollar_signs_in_name
     workspace: Workspace,
 ):
     """E'\\'' is one quote inside a string and x$q$ is an identifier: neither hides a COMMIT."""
-    from orchestration import sqltext
+    from dagster_alembic import sqltext
 
     hidden = [
         "CREATE TABLE t(id int); SELECT E'\\''; COMMIT; CREATE TABLE u(id int); SELECT ''''",

@@ -15,7 +15,7 @@ import dagster as dg
 import pytest
 from conftest import ANALYTICS_HEAD, ECOMMERCE_HEAD, Workspace, simple_revision
 
-from orchestration.definitions import build_definitions
+from dagster_alembic.definitions import build_definitions
 
 
 @pytest.fixture(autouse=True)

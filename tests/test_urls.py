@@ -6,9 +6,9 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from orchestration import urls
-from orchestration.errors import ConfigurationError
-from orchestration.urls import display_url, normalize_url, redact
+from dagster_alembic import urls
+from dagster_alembic.errors import ConfigurationError
+from dagster_alembic.urls import display_url, normalize_url, redact
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,6 @@ This module is the `dagster_dg_cli.registry_modules` entry point of the package
 (pyproject.toml): `dg` imports it and lists every Component class it exports.
 """
 
-from orchestration.components.alembic_migrations import AlembicMigrationsComponent
+from dagster_alembic.components.alembic_migrations import AlembicMigrationsComponent
 
 __all__ = ["AlembicMigrationsComponent"]

@@ -6,7 +6,7 @@ fields are the YAML a user writes, a `get_asset_spec` override point, and `build
 which returns `build_definitions(...)` (orchestration/definitions.py) for the project::
 
     # defs/billing_migrations/defs.yaml
-    type: orchestration.components.AlembicMigrationsComponent
+    type: dagster_alembic.components.AlembicMigrationsComponent
     attributes:
       alembic_ini: ../../../billing/alembic.ini   # relative to this file's folder
       prefix: billing
@@ -27,8 +27,8 @@ import dagster as dg
 # tests/test_component.py exercises it, so a Dagster upgrade that moves it fails there.
 from dagster.components.utils.translation import TranslationFn, TranslationFnResolver
 
-from orchestration.definitions import build_definitions
-from orchestration.defs.translator import SchemaAssetProps, SchemaAssetTranslator
+from dagster_alembic.definitions import build_definitions
+from dagster_alembic.defs.translator import SchemaAssetProps, SchemaAssetTranslator
 
 
 def _template_vars(props: SchemaAssetProps) -> Mapping[str, Any]:

@@ -4,10 +4,10 @@ from collections.abc import Iterator
 
 import dagster as dg
 
-from orchestration import engine
-from orchestration.defs import lint_checks, metadata
-from orchestration.defs.resource import MigrationResource
-from orchestration.defs.specs import ProjectSpecs, SchemaAssetSpec
+from dagster_alembic import engine
+from dagster_alembic.defs import lint_checks, metadata
+from dagster_alembic.defs.resource import MigrationResource
+from dagster_alembic.defs.specs import ProjectSpecs, SchemaAssetSpec
 
 
 def pool(env: str) -> str:

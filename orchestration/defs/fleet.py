@@ -6,11 +6,11 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
-from orchestration import fleet
-from orchestration.defs import metadata
-from orchestration.defs.resource import MigrationResource
-from orchestration.defs.specs import Names
-from orchestration.settings import EnvironmentSettings
+from dagster_alembic import fleet
+from dagster_alembic.defs import metadata
+from dagster_alembic.defs.resource import MigrationResource
+from dagster_alembic.defs.specs import Names
+from dagster_alembic.settings import EnvironmentSettings
 
 
 class FleetConfig(dg.Config):

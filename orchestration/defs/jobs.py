@@ -20,12 +20,12 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
-from orchestration import engine, promotion
-from orchestration.defs import metadata
-from orchestration.defs.assets import pool
-from orchestration.defs.resource import MigrationResource
-from orchestration.defs.specs import Names, ProjectSpecs
-from orchestration.settings import EnvironmentSettings
+from dagster_alembic import engine, promotion
+from dagster_alembic.defs import metadata
+from dagster_alembic.defs.assets import pool
+from dagster_alembic.defs.resource import MigrationResource
+from dagster_alembic.defs.specs import Names, ProjectSpecs
+from dagster_alembic.settings import EnvironmentSettings
 
 # the tag Dagster reads a materialization's code version from (dagster.CODE_VERSION_TAG is
 # not exported; DataVersion's tags are its public siblings)

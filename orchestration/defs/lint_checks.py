@@ -20,12 +20,12 @@ from collections.abc import Sequence
 
 import dagster as dg
 
-from orchestration import audit, engine, lint
-from orchestration.defs import metadata
-from orchestration.defs.resource import MigrationResource
-from orchestration.defs.specs import ProjectSpecs, SchemaAssetSpec
-from orchestration.errors import ConfigurationError, MigrationError
-from orchestration.revisions import MigrationProject, Revision
+from dagster_alembic import audit, engine, lint
+from dagster_alembic.defs import metadata
+from dagster_alembic.defs.resource import MigrationResource
+from dagster_alembic.defs.specs import ProjectSpecs, SchemaAssetSpec
+from dagster_alembic.errors import ConfigurationError, MigrationError
+from dagster_alembic.revisions import MigrationProject, Revision
 
 CHECK_NAME = "lint"
 

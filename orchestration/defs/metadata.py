@@ -7,8 +7,8 @@ from contextlib import contextmanager
 
 import dagster as dg
 
-from orchestration import audit, engine, promotion
-from orchestration.errors import ConfigurationError, MigrationError
+from dagster_alembic import audit, engine, promotion
+from dagster_alembic.errors import ConfigurationError, MigrationError
 
 _STEP_COLUMNS = dg.TableSchema(
     columns=[
@@ -204,7 +204,7 @@ def audit_history_metadata(
     """The environment's recent audit history: a timeline picture and the rows as a table."""
     import base64
 
-    from orchestration.plot import audit_timeline
+    from dagster_alembic.plot import audit_timeline
 
     svg = audit_timeline(rows, title or f"alembic_version_history in {environment}")
     encoded = base64.b64encode(svg.encode()).decode()

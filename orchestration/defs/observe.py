@@ -20,11 +20,11 @@ from dataclasses import dataclass
 import dagster as dg
 from alembic.runtime.migration import MigrationContext
 
-from orchestration import sessions, targets
-from orchestration.defs.specs import ProjectSpecs
-from orchestration.defs.translator import SchemaAsset
-from orchestration.errors import ConfigurationError
-from orchestration.settings import ProjectSettings
+from dagster_alembic import sessions, targets
+from dagster_alembic.defs.specs import ProjectSpecs
+from dagster_alembic.defs.translator import SchemaAsset
+from dagster_alembic.errors import ConfigurationError
+from dagster_alembic.settings import ProjectSettings
 
 IN_STEP = "in_step"
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
-from orchestration import audit, engine, promotion
-from orchestration.revisions import MigrationProject
-from orchestration.settings import ProjectSettings, load_settings
+from dagster_alembic import audit, engine, promotion
+from dagster_alembic.revisions import MigrationProject
+from dagster_alembic.settings import ProjectSettings, load_settings
 
 
 def default_alembic_ini() -> str:
@@ -116,7 +116,7 @@ class MigrationResource(dg.ConfigurableResource):
             )
 
     def history(self, environment: str, limit: int = 50) -> list[audit.AuditRow]:
-        return engine.history(self.project(), environment, limit=limit)
+        return engine.history(self.settings(), environment, limit=limit)
 
     def verify(
         self,

@@ -9,9 +9,9 @@ from typing import Any
 
 import dagster as dg
 
-from orchestration import scan
-from orchestration.defs.specs import ProjectSpecs
-from orchestration.settings import History, ProjectSettings
+from dagster_alembic import scan
+from dagster_alembic.defs.specs import ProjectSpecs
+from dagster_alembic.settings import History, ProjectSettings
 
 # The cursor is bounded whatever the number of files: per schema, a digest of its files'
 # stat and one of their content, and at most a few broken files (named until fixed). Each

@@ -9,13 +9,13 @@ from dataclasses import dataclass
 
 import dagster as dg
 
-from orchestration.defs.translator import (
+from dagster_alembic.defs.translator import (
     SchemaAsset,
     SchemaAssetProps,
     SchemaAssetTranslator,
     default_asset_key,
 )
-from orchestration.settings import EnvironmentSettings
+from dagster_alembic.settings import EnvironmentSettings
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 

@@ -14,8 +14,8 @@ from urllib.parse import quote
 
 import dagster as dg
 
-from orchestration.scan import RevisionFile
-from orchestration.settings import EnvironmentSettings
+from dagster_alembic.scan import RevisionFile
+from dagster_alembic.settings import EnvironmentSettings
 
 
 @dataclass(frozen=True)
