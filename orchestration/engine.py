@@ -305,7 +305,16 @@ def status(
                 project.check_known(heads, environment)
             except ConfigurationError as ahead:
                 warnings.append(str(ahead))
-        return _status_from_heads(project, heads, selected)
+        states = _status_from_heads(project, heads, selected)
+        if warnings is not None:
+            for st in states:
+                tips = _tips([r for r in project.revisions(st.schema) if r not in st.pending])
+                if len(tips) > 1:
+                    warnings.append(
+                        f"{st.schema} stands at {len(tips)} revisions ({', '.join(tips)}), a "
+                        f"merge taken back; shown as {st.current}"
+                    )
+        return states
 
 
 def plan(
@@ -471,10 +480,40 @@ def lint_gate(
             _lint_gate(project, environment, conn, targets)
 
 
+def _tips(applied: list[Revision]) -> list[str]:
+    """The applied revisions no other applied one stands on: one, unless a merge was taken
+    back (its parents both stand)."""
+    below = {d for r in applied for d in r.down_revisions}
+    return [r.revision for r in applied if r.revision not in below]
+
+
+def _ancestors(project: MigrationProject, revision: str) -> set[str]:
+    """``revision`` and every revision below it in its schema (down_revisions)."""
+    found: set[str] = set()
+    todo = [revision]
+    while todo:
+        rid = todo.pop()
+        if rid not in found and (rev := project.revision(rid)) is not None:
+            found.add(rid)
+            todo.extend(rev.down_revisions)
+    return found
+
+
 def _kept(project: MigrationProject, st: SchemaStatus, to: str) -> int:
     """How many of the schema's applied revisions stay after a downgrade to ``to``
     (a revision, ``-N`` or ``base``); a ``to`` that cannot apply is a ConfigurationError."""
     applied = [r for r in project.revisions(st.schema) if r not in st.pending]
+    tips = _tips(applied)
+    if len(tips) > 1 and to != "base":
+        # A merge taken back leaves two revisions standing: "one step back", or one of
+        # them, has no single meaning; a revision below all of them has.
+        below_all = set.intersection(*(_ancestors(project, tip) for tip in tips))
+        if _RELATIVE.match(to) or project.resolve(to).revision not in below_all - set(tips):
+            raise ConfigurationError(
+                f"{st.schema} stands at {len(tips)} revisions ({', '.join(tips)}), a merge "
+                "taken back: downgrade --to a revision below all of them (or base), or "
+                "upgrade to apply the merge again"
+            )
     relative = _RELATIVE.match(to)
     if relative:
         count = int(relative.group(1))

@@ -707,3 +707,36 @@ def test_a_revision_id_alembic_cannot_use_is_one_line_before_anything_runs(
         assert code == 2 and out == "" and err.count("\n") == 1, (command, err)
         assert "is not usable" in err
     assert workspace.version_heads() == set()
+
+
+def test_a_merge_taken_back_leaves_two_revisions_standing_and_says_so(workspace: Workspace, capsys):
+    """Found by an adversarial session: after the merge was reverted, status showed one of
+    the two revisions standing and `downgrade --to -1` did nothing, exit 0."""
+    for rev in ("f1a000000001", "f1a000000002"):
+        workspace.add_revision(
+            "ecommerce",
+            f"2024_06_01_0900-{rev}_fork.py",
+            simple_revision(rev, ECOMMERCE_HEAD, f"t_{rev}"),
+        )
+    merge = revision_file("f1a00000000m", None, "    pass").replace(
+        "down_revision = None", 'down_revision = ("f1a000000001", "f1a000000002")'
+    )
+    workspace.add_revision("ecommerce", "2024_06_02_0900-f1a00000000m_merge.py", merge)
+    assert run(capsys, "upgrade", "--schema", "ecommerce")[0] == 0
+    assert run(capsys, "downgrade", "--schema", "ecommerce", "--to", "-1")[0] == 0
+    assert workspace.version_heads() == {"f1a000000001", "f1a000000002"}
+
+    code, _out, err = run(capsys, "status")
+    assert code == 0
+    assert "ecommerce stands at 2 revisions (f1a000000001, f1a000000002)" in err
+    for to in ("-1", "f1a000000001"):
+        for _ in (1, 2):
+            code, _out, err = run(capsys, "downgrade", "--schema", "ecommerce", "--to", to)
+            assert code == 2 and err.count("\n") == 1, err
+            assert "stands at 2 revisions" in err and "below all of them" in err
+    assert workspace.version_heads() == {"f1a000000001", "f1a000000002"}  # unchanged
+
+    assert run(capsys, "downgrade", "--schema", "ecommerce", "--to", ECOMMERCE_HEAD)[0] == 0
+    assert workspace.version_heads() == {ECOMMERCE_HEAD}
+    assert run(capsys, "upgrade", "--schema", "ecommerce")[0] == 0
+    assert workspace.version_heads() == {"f1a00000000m"}
