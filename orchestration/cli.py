@@ -181,12 +181,13 @@ def _print_step(row: audit.AuditRow) -> None:
 def cmd_status(project: MigrationProject, args: argparse.Namespace) -> int:
     warnings: list[str] = []
     statuses = engine.status(project, args.env, args.schema, warnings=warnings)
-    for warning in warnings:
-        print(f"migrate: warning: {warning}", file=sys.stderr)
     if args.json:
         _print_json(_status_document(args.env, statuses, warnings))
-        return EXIT_OK
-    print(_status_text(args.env, statuses))
+    else:
+        print(_status_text(args.env, statuses), flush=True)
+    # after the table, whose first line names the target: on a terminal both streams mix
+    for warning in warnings:
+        print(f"migrate: warning: {warning}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -811,11 +812,7 @@ def _fast(argv: Sequence[str] | None, stdout: IO[str], stderr: IO[str]) -> _Fast
         document = {**result, "warnings": [], "steps": []}
         out = _json_text(document, where.display) if args.json else f"{args.env}: nothing to do"
     else:
-        warnings = []
-        try:
-            project.check_known(database.heads or (), args.env)
-        except ConfigurationError as ahead:
-            warnings.append(str(ahead))
+        warnings = project.state_warnings(database.heads or (), args.env, schemas)
         found = fastpath.statuses(project, database.heads or (), schemas)
         err = "".join(f"migrate: warning: {w}\n" for w in warnings)
         if args.json:
@@ -826,9 +823,9 @@ def _fast(argv: Sequence[str] | None, stdout: IO[str], stderr: IO[str]) -> _Fast
         out = f"{args.env}: {where.display}\n{out}"
     if fastpath.needs_masking((out + err).replace(where.display, ""), where):
         return _FastAnswer()
-    stderr.write(err)
     stdout.write(out + "\n")
     stdout.flush()
+    stderr.write(err)  # after the first line, which names the target (as the full path)
     return _FastAnswer(EXIT_OK)
 
 

@@ -300,20 +300,9 @@ def status(
     selected = _schemas(project, schemas)
     with connect(project, environment, database) as (conn, _):
         heads = _db_heads(conn)
-        if warnings is not None:
-            try:
-                project.check_known(heads, environment)
-            except ConfigurationError as ahead:
-                warnings.append(str(ahead))
         states = _status_from_heads(project, heads, selected)
         if warnings is not None:
-            for st in states:
-                tips = _tips([r for r in project.revisions(st.schema) if r not in st.pending])
-                if len(tips) > 1:
-                    warnings.append(
-                        f"{st.schema} stands at {len(tips)} revisions ({', '.join(tips)}), a "
-                        f"merge taken back; shown as {st.current}"
-                    )
+            warnings.extend(project.state_warnings(heads, environment, selected))
         return states
 
 
@@ -480,13 +469,6 @@ def lint_gate(
             _lint_gate(project, environment, conn, targets)
 
 
-def _tips(applied: list[Revision]) -> list[str]:
-    """The applied revisions no other applied one stands on: one, unless a merge was taken
-    back (its parents both stand)."""
-    below = {d for r in applied for d in r.down_revisions}
-    return [r.revision for r in applied if r.revision not in below]
-
-
 def _ancestors(project: MigrationProject, revision: str) -> set[str]:
     """``revision`` and every revision below it in its schema (down_revisions)."""
     found: set[str] = set()
@@ -503,7 +485,7 @@ def _kept(project: MigrationProject, st: SchemaStatus, to: str) -> int:
     """How many of the schema's applied revisions stay after a downgrade to ``to``
     (a revision, ``-N`` or ``base``); a ``to`` that cannot apply is a ConfigurationError."""
     applied = [r for r in project.revisions(st.schema) if r not in st.pending]
-    tips = _tips(applied)
+    tips = project.tips(st.schema, {r.revision for r in applied})
     if len(tips) > 1 and to != "base":
         # A merge taken back leaves two revisions standing: "one step back", or one of
         # them, has no single meaning; a revision below all of them has.

@@ -284,6 +284,33 @@ class MigrationProject:
                 "branch checked out?): restore it first; nothing was changed"
             )
 
+    def tips(self, schema: str, applied: set[str]) -> list[str]:
+        """The schema's applied revisions no other applied one stands on: one, unless a
+        merge was taken back (its parents both stand)."""
+        standing = [r for r in self.revisions(schema) if r.revision in applied]
+        below = {d for r in standing for d in r.down_revisions}
+        return [r.revision for r in standing if r.revision not in below]
+
+    def state_warnings(
+        self, db_heads: tuple[str, ...] | list[str], environment: str, schemas: list[str]
+    ) -> list[str]:
+        """What `status` warns about a database: a revision no file defines (see
+        check_known), a schema standing at several revisions (a merge taken back)."""
+        warnings = []
+        try:
+            self.check_known(db_heads, environment)
+        except ConfigurationError as ahead:
+            warnings.append(str(ahead))
+        applied = self.applied(db_heads)
+        for schema in schemas:
+            tips = self.tips(schema, applied)
+            if len(tips) > 1:
+                warnings.append(
+                    f"{schema} stands at {len(tips)} revisions ({', '.join(tips)}), a merge "
+                    f"taken back; shown as {self.current(schema, applied)}"
+                )
+        return warnings
+
     def revision(self, revision_id: str) -> Revision | None:
         return self._by_id.get(revision_id)
 
