@@ -158,9 +158,15 @@ def script_directory(config: Config, project: MigrationProject) -> ScriptDirecto
     return script
 
 
-def upgrade(config: Config, revision: str, script: ScriptDirectory) -> None:
-    """``command.upgrade(config, revision)`` (online) on ``script``: the same steps from the
-    same EnvironmentContext and env.py; only the modules of those steps are imported."""
+def upgrade(config: Config, revision: str, script: ScriptDirectory, *, sql: bool = False) -> None:
+    """``command.upgrade(config, revision, sql=sql)`` on ``script``: the same steps from the
+    same EnvironmentContext and env.py; only the modules of those steps are imported.
+    With ``sql`` (offline, as lint renders a revision), ``revision`` may be "start:end"."""
+    starting_rev = None
+    if ":" in revision:  # as command.upgrade reads it
+        if not sql:
+            raise ConfigurationError("a start:end range is for offline (--sql) mode only")
+        starting_rev, revision = revision.split(":", 2)
 
     def steps(rev: Sequence[str], context: Any) -> list[Any]:
         found = script._upgrade_revs(revision, rev)  # type: ignore[arg-type]  # as command.upgrade
@@ -172,8 +178,8 @@ def upgrade(config: Config, revision: str, script: ScriptDirectory) -> None:
         config,
         script,
         fn=steps,
-        as_sql=False,
-        starting_rev=None,
+        as_sql=sql,
+        starting_rev=starting_rev,
         destination_rev=revision,
         tag=None,
     ):

@@ -28,7 +28,7 @@ from types import FrameType
 
 from alembic import command
 
-from dagster_alembic import audit, engine
+from dagster_alembic import audit, engine, lazyscript
 from dagster_alembic.errors import ConfigurationError, MigrationError
 from dagster_alembic.revisions import MigrationProject, Revision
 from dagster_alembic.settings import parse_duration
@@ -326,7 +326,13 @@ def render(project: MigrationProject, environment: str, revision: Revision) -> l
     config = engine.offline_config(project, environment, recorder)
     target = f"{_start(project, revision)}:{revision.revision}"
     try:
-        command.upgrade(config, target, sql=True)
+        # only the modules of the steps rendered are imported, when the files' readings
+        # can stand in for Alembic's own map (lazyscript.py); else Alembic's command
+        script = lazyscript.script_directory(config, project)
+        if script is not None:
+            lazyscript.upgrade(config, target, script, sql=True)
+        else:
+            command.upgrade(config, target, sql=True)
     except Exception as exc:  # a revision that cannot run offline (reads data, raises)
         url = database_url(project.settings, environment)
         raise MigrationError(

@@ -239,3 +239,22 @@ def test_a_pending_module_that_fails_to_import_fails_as_with_command_upgrade(
     assert lazy.steps == plain.steps == []  # failed before any step, as Alembic's import
     assert (len(workspace.audit("dev")), len(workspace.audit("staging"))) == before
     assert "new000000001" not in workspace.version_heads("dev")
+
+
+def test_lint_renders_a_revision_offline_importing_only_its_module(workspace, imports, monkeypatch):
+    """The lint gate renders each pending revision's offline SQL: with the readings standing
+    in for Alembic's map, only that revision's module is imported, and the SQL is the one
+    command.upgrade(sql=True) renders."""
+    from dagster_alembic import lint
+
+    project = workspace.project()
+    revision = project.revisions("ecommerce")[2]
+    lazy = lint.render(project, "dev", revision)
+    assert imports == ["env.py", revision.path.name]
+    assert any("CREATE TABLE" in piece.text for piece in lazy)
+
+    imports.clear()
+    monkeypatch.setattr(lint.lazyscript, "script_directory", lambda config, project: None)
+    plain = lint.render(project, "dev", revision)  # Alembic's own command
+    assert set(imports) == {"env.py", *(Path(f.path).name for f in project.files)}
+    assert [p.text for p in lazy] == [p.text for p in plain]
