@@ -784,7 +784,7 @@ def _fast(argv: Sequence[str] | None, stdout: IO[str], stderr: IO[str]) -> _Fast
         if args.env not in names:
             return _FastAnswer()
         project = MigrationProject(settings)
-        schemas = fastpath.selected_schemas(project, args.schema)
+        schemas = project.select_schemas(args.schema)
         where = fastpath.target(settings, args.env)
         if where is None or (upgrade and cache.audit_probe is None):
             return _FastAnswer(settings=settings if upgrade else None, project=project)
@@ -813,7 +813,7 @@ def _fast(argv: Sequence[str] | None, stdout: IO[str], stderr: IO[str]) -> _Fast
         out = _json_text(document, where.display) if args.json else f"{args.env}: nothing to do"
     else:
         warnings = project.state_warnings(database.heads or (), args.env, schemas)
-        found = fastpath.statuses(project, database.heads or (), schemas)
+        found = project.statuses(database.heads or (), schemas)
         err = "".join(f"migrate: warning: {w}\n" for w in warnings)
         if args.json:
             out = _json_text(_status_document(args.env, found, warnings), where.display)

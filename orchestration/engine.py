@@ -23,7 +23,7 @@ from sqlalchemy.engine import URL
 
 from dagster_alembic import audit, catalog
 from dagster_alembic.errors import ConfigurationError, DataLossRefused, MigrationError
-from dagster_alembic.revisions import MigrationProject, Revision
+from dagster_alembic.revisions import MigrationProject, Revision, SchemaStatus
 from dagster_alembic.sessions import advisory_lock, create_engine, error_text
 from dagster_alembic.settings import ProjectSettings, check_identifier
 from dagster_alembic.targets import database_url
@@ -41,27 +41,6 @@ _RELATIVE = re.compile(r"^-(\d+)$")
 
 
 # --- results -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SchemaStatus:
-    schema: str
-    current: str | None
-    head: str | None
-    pending: tuple[Revision, ...]
-
-    @property
-    def at_head(self) -> bool:
-        return self.current == self.head
-
-    def to_dict(self) -> dict:
-        return {
-            "schema": self.schema,
-            "current": self.current,
-            "head": self.head,
-            "at_head": self.at_head,
-            "pending": [{"revision": r.revision, "message": r.message} for r in self.pending],
-        }
 
 
 @dataclass(frozen=True)
@@ -259,32 +238,10 @@ def _db_heads(conn: sa.Connection) -> tuple[str, ...]:
 
 
 def _schemas(project: MigrationProject, schemas: list[str] | None) -> list[str]:
-    if not schemas:
-        return list(project.schemas)
-    for schema in schemas:
-        project.check_schema(schema)
-    return [s for s in project.schemas if s in schemas]  # dependency order
+    return project.select_schemas(schemas)
 
 
 # --- status and plan ---------------------------------------------------------------------
-
-
-def _status_from_heads(
-    project: MigrationProject, db_heads: tuple[str, ...], schemas: list[str]
-) -> list[SchemaStatus]:
-    applied = project.applied(db_heads)
-    result = []
-    for schema in schemas:
-        revisions = project.revisions(schema)
-        result.append(
-            SchemaStatus(
-                schema=schema,
-                current=project.current(schema, applied),
-                head=project.head(schema),
-                pending=tuple(r for r in revisions if r.revision not in applied),
-            )
-        )
-    return result
 
 
 def status(
@@ -300,7 +257,7 @@ def status(
     selected = _schemas(project, schemas)
     with connect(project, environment, database) as (conn, _):
         heads = _db_heads(conn)
-        states = _status_from_heads(project, heads, selected)
+        states = project.statuses(heads, selected)
         if warnings is not None:
             warnings.extend(project.state_warnings(heads, environment, selected))
         return states
@@ -600,7 +557,7 @@ def downgrade(
     ):
         heads = _db_heads(conn)
         project.check_known(heads, environment)
-        statuses = _status_from_heads(project, heads, list(project.schemas))
+        statuses = project.statuses(heads, list(project.schemas))
         wanted = (_downgrade_target(project, st, to) for st in statuses if st.schema in selected)
         targets = [target for target in wanted if target is not None]
         if not allow_data_loss:
@@ -796,7 +753,7 @@ def verify(
         executed_by = conn.scalar(sa.text("SELECT current_user"))
         conn.commit()
         db_heads = _db_heads(conn)
-        for st in _status_from_heads(project, db_heads, selected):
+        for st in project.statuses(db_heads, selected):
             started = time.perf_counter()
             findings = _verify_schema(project, conn, st, db_heads, expect_head)
             result = VerifyResult(environment, st.schema, st.current, st.head, findings)
@@ -862,7 +819,7 @@ def baseline(
         conn.commit()
         heads = _db_heads(conn)
         project.check_known(heads, environment)
-        for st in _status_from_heads(project, heads, selected):
+        for st in project.statuses(heads, selected):
             recorded = audit.applied_checksums(conn, audit_schema, st.schema)
             expected = catalog.load(conn, audit_schema, st.schema, st.current)
             live = catalog.snapshot(conn, st.schema)

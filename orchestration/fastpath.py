@@ -26,14 +26,13 @@ import pickle
 import re
 import sys
 import tempfile
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, quote_plus, unquote, unquote_plus
 
 from dagster_alembic.errors import ConfigurationError
-from dagster_alembic.revisions import MigrationProject, Revision
+from dagster_alembic.revisions import MigrationProject
 from dagster_alembic.settings import ProjectSettings, find_alembic_ini_path
 
 # sessions.LOCK_KEY (pinned by a test): importing sessions would import SQLAlchemy.
@@ -339,55 +338,6 @@ def read_database(
 # --- answers ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class SchemaStatus:
-    """engine.SchemaStatus (its to_dict is pinned equal by a test)."""
-
-    schema: str
-    current: str | None
-    head: str | None
-    pending: tuple[Revision, ...]
-
-    @property
-    def at_head(self) -> bool:
-        return self.current == self.head
-
-    def to_dict(self) -> dict:
-        return {
-            "schema": self.schema,
-            "current": self.current,
-            "head": self.head,
-            "at_head": self.at_head,
-            "pending": [{"revision": r.revision, "message": r.message} for r in self.pending],
-        }
-
-
-def selected_schemas(project: MigrationProject, schemas: Iterable[str] | None) -> list[str]:
-    """engine._schemas: all, or those named, in dependency order."""
-    named = list(schemas or ())
-    if not named:
-        return list(project.schemas)
-    for schema in named:
-        project.check_schema(schema)
-    return [s for s in project.schemas if s in named]
-
-
-def statuses(
-    project: MigrationProject, heads: tuple[str, ...], schemas: list[str]
-) -> list[SchemaStatus]:
-    """engine._status_from_heads."""
-    applied = project.applied(heads)
-    return [
-        SchemaStatus(
-            schema,
-            project.current(schema, applied),
-            project.head(schema),
-            tuple(r for r in project.revisions(schema) if r.revision not in applied),
-        )
-        for schema in schemas
-    ]
-
-
 def nothing_to_upgrade(
     project: MigrationProject, heads: tuple[str, ...], schemas: list[str] | None
 ) -> bool:
@@ -395,7 +345,7 @@ def nothing_to_upgrade(
     every revision those heads need (depends_on across schemas included) is applied."""
     if not heads or any(project.revision(h) is None for h in heads):
         return False  # an empty table gets created, unknown heads get refused: slow path
-    wanted = [project.head(s) for s in selected_schemas(project, schemas)]
+    wanted = [project.head(s) for s in project.select_schemas(schemas)]
     needed = project.applied([h for h in wanted if h is not None])
     return needed <= project.applied(heads)
 

@@ -7,6 +7,7 @@ import hashlib
 import heapq
 import importlib.util
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -60,6 +61,30 @@ class Revision:
             create_date=found.group(1) if found else None,
             checksum=file_checksum(script.path),
         )
+
+
+@dataclass(frozen=True)
+class SchemaStatus:
+    """Where one schema stands in one database: its newest applied revision (None at
+    base), the head of its files, and what is pending."""
+
+    schema: str
+    current: str | None
+    head: str | None
+    pending: tuple[Revision, ...]
+
+    @property
+    def at_head(self) -> bool:
+        return self.current == self.head
+
+    def to_dict(self) -> dict:
+        return {
+            "schema": self.schema,
+            "current": self.current,
+            "head": self.head,
+            "at_head": self.at_head,
+            "pending": [{"revision": r.revision, "message": r.message} for r in self.pending],
+        }
 
 
 class MigrationProject:
@@ -283,6 +308,29 @@ class MigrationProject:
                 "revision file of this project defines (a file deleted or renamed, another "
                 "branch checked out?): restore it first; nothing was changed"
             )
+
+    def select_schemas(self, schemas: Iterable[str] | None) -> list[str]:
+        """The schemas named (each checked: an unknown one is a ConfigurationError), in
+        dependency order; every schema when none is named."""
+        named = list(schemas or ())
+        if not named:
+            return list(self.schemas)
+        for schema in named:
+            self.check_schema(schema)
+        return [s for s in self.schemas if s in named]
+
+    def statuses(self, db_heads: tuple[str, ...], schemas: list[str]) -> list[SchemaStatus]:
+        """Where each schema stands in a database whose version table holds ``db_heads``."""
+        applied = self.applied(db_heads)
+        return [
+            SchemaStatus(
+                schema,
+                self.current(schema, applied),
+                self.head(schema),
+                tuple(r for r in self.revisions(schema) if r.revision not in applied),
+            )
+            for schema in schemas
+        ]
 
     def tips(self, schema: str, applied: set[str]) -> list[str]:
         """The schema's applied revisions no other applied one stands on: one, unless a
