@@ -240,6 +240,20 @@ def simple_revision(revision: str, down_revision: str, table: str, message: str 
     )
 
 
+# A second Alembic project's migrate.toml: its URLs in variables of its own.
+CRM_TOML = """
+[environments.dev]
+url_env = "CRM_DEV_DATABASE_URL"
+promote = "auto"
+
+[environments.staging]
+url_env = "CRM_STAGING_DATABASE_URL"
+promote = "auto"
+
+[environments.prod]
+url_env = "CRM_PROD_DATABASE_URL"
+"""
+
 ECOMMERCE_HEAD = "20909ec7166e"
 ANALYTICS_HEAD = "d03afaf92731"
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from conftest import ECOMMERCE_HEAD, ENV_URL_VARS, REPO, Databases, Workspace
+from conftest import CRM_TOML, ECOMMERCE_HEAD, ENV_URL_VARS, REPO, Databases, Workspace
 
 from dagster_alembic import launcher
 from dagster_alembic.components import AlembicMigrationsComponent
@@ -73,18 +73,6 @@ def orders_report() -> None:
     pass
 """
 
-CRM_TOML = """
-[environments.dev]
-url_env = "CRM_DEV_DATABASE_URL"
-promote = "auto"
-
-[environments.staging]
-url_env = "CRM_STAGING_DATABASE_URL"
-promote = "auto"
-
-[environments.prod]
-url_env = "CRM_PROD_DATABASE_URL"
-"""
 
 # The component's folder is team/team_project/defs/billing: alembic_ini is relative to it.
 BILLING_DEFS_YAML = """

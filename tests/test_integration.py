@@ -16,6 +16,7 @@ import dagster as dg
 import pytest
 import yaml
 from conftest import (
+    CRM_TOML,
     ECOMMERCE_HEAD,
     ENV_URL_VARS,
     REPO,
@@ -31,19 +32,6 @@ from dagster_alembic import launcher
 from dagster_alembic.definitions import build_definitions
 from dagster_alembic.defs.translator import SchemaAssetProps, SchemaAssetTranslator
 from dagster_alembic.errors import ConfigurationError
-
-CRM_TOML = """
-[environments.dev]
-url_env = "CRM_DEV_DATABASE_URL"
-promote = "auto"
-
-[environments.staging]
-url_env = "CRM_STAGING_DATABASE_URL"
-promote = "auto"
-
-[environments.prod]
-url_env = "CRM_PROD_DATABASE_URL"
-"""
 
 
 @pytest.fixture
