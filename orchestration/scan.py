@@ -237,21 +237,7 @@ def _load_cache(path: str) -> dict[str, dict]:
 
 
 def _save_cache(path: str, readings: dict[str, dict]) -> None:
-    """Atomically (write, then rename), and silently: a read-only tree just has no cache."""
-    folder = os.path.dirname(path)
-    try:
-        os.makedirs(folder, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=folder, suffix=".tmp")
-    except OSError:
-        return
-    try:
-        os.chmod(temporary, stat.S_IMODE(os.stat(folder).st_mode) & 0o666)  # as its folder
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            json.dump({"format": _FORMAT, "readings": readings}, out)
-        os.replace(temporary, path)
-    except OSError:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
+    _save_json(path, {"format": _FORMAT, "readings": readings})
 
 
 def schema_dependencies(files: list[RevisionFile]) -> dict[str, set[str]]:
@@ -405,7 +391,7 @@ def _save_json(path: str, content: object) -> None:
     except OSError:
         return
     try:
-        os.chmod(temporary, stat.S_IMODE(os.stat(folder).st_mode) & 0o666)
+        os.chmod(temporary, stat.S_IMODE(os.stat(folder).st_mode) & 0o666)  # as its folder
         with os.fdopen(handle, "w", encoding="utf-8") as out:
             json.dump(content, out)
         os.replace(temporary, path)
