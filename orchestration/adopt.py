@@ -47,6 +47,9 @@ class InitResult:
     wrote: list[str] = field(default_factory=list)
     carried: list[str] = field(default_factory=list)  # configure() options handed on
     notes: list[str] = field(default_factory=list)
+    # configure(version_table=..., version_table_schema=...) as literals: migrate.toml's
+    # [version] table / schema, which status and verify read without running env.py
+    version: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {
@@ -124,12 +127,13 @@ def _migrate_toml(path: Path, histories: dict[str, str], result: InitResult) -> 
     """The new text of migrate.toml, or None when it already says all it must."""
     mapping = {folder: s for folder, s in histories.items() if Path(folder).name != s}
     if not path.is_file():
-        return _new_toml(mapping)
+        return _new_toml(mapping, result.version)
     text = path.read_text(encoding="utf-8")
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigurationError(f"{path}: {exc}") from None
+    version = _version_section(data, result)
     have = data.get("schemas", {})
     missing = {f: s for f, s in mapping.items() if f not in have}
     for folder, wanted in mapping.items():
@@ -138,14 +142,36 @@ def _migrate_toml(path: Path, histories: dict[str, str], result: InitResult) -> 
                 f"{path.name} maps {folder} to {have[folder]!r}: kept (not {wanted!r})"
             )
     if not missing:
-        return None
+        return text.rstrip("\n") + f"\n\n{version}" if version else None
     if "schemas" in data:
         raise ConfigurationError(
             f"{path}: [schemas] does not map {', '.join(missing)}: add "
             + ", ".join(f'"{f}" = "{s}"' for f, s in missing.items())
         )
     lines = "\n".join(f'"{folder}" = "{s}"' for folder, s in missing.items())
-    return text.rstrip("\n") + f"\n\n{_SCHEMAS_HEADER}{lines}\n"
+    return (
+        text.rstrip("\n") + f"\n\n{_SCHEMAS_HEADER}{lines}\n" + (f"\n{version}" if version else "")
+    )
+
+
+def _version_section(data: dict, result: InitResult) -> str:
+    """A [version] section for what env.py's configure() named, unless migrate.toml has
+    one (kept, with a note when it differs)."""
+    if not result.version:
+        return ""
+    have = data.get("version")
+    if have is not None:
+        if {k: have.get(k) for k in result.version} != result.version:
+            result.notes.append(f"migrate.toml [version] {have} kept (env.py: {result.version})")
+        return ""
+    lines = "".join(f'{k} = "{v}"\n' for k, v in result.version.items())
+    return f"{_VERSION_HEADER}{lines}"
+
+
+_VERSION_HEADER = """\
+# Alembic's version table, as env.py's configure() names it: status and verify read it.
+[version]
+"""
 
 
 _SCHEMAS_HEADER = """\
@@ -155,7 +181,7 @@ _SCHEMAS_HEADER = """\
 """
 
 
-def _new_toml(mapping: dict[str, str]) -> str:
+def _new_toml(mapping: dict[str, str], version: dict[str, str]) -> str:
     parts = [
         "# Settings of this migration project for `migrate`, Dagster and env.py (written by\n"
         "# `migrate init`; edit freely). Each environment names the variable that holds its\n"
@@ -167,6 +193,8 @@ def _new_toml(mapping: dict[str, str]) -> str:
     parts.append("[audit]\n# Schema of the alembic_version_history table in each database.\n")
     parts.append('schema = "public"\n')
     parts.append("[lock]\nwait_timeout_seconds = 60\n")
+    if version:
+        parts.append(_VERSION_HEADER + "".join(f'{k} = "{v}"\n' for k, v in version.items()))
     parts.append(
         "# Environments in promotion order. promote: auto follows the environment before\n"
         "# once it verified; manual waits for a launched run.\n"
@@ -310,4 +338,25 @@ def _configure_options(
                 )
             else:
                 options.append((keyword.arg, source))
+                if keyword.arg in _VERSION_OPTIONS:
+                    _version_option(keyword, source, result)
     return options
+
+
+# configure() option -> migrate.toml [version] key
+_VERSION_OPTIONS = {"version_table": "table", "version_table_schema": "schema"}
+
+
+def _version_option(keyword: ast.keyword, source: str, result: InitResult) -> None:
+    try:
+        value = ast.literal_eval(keyword.value)
+    except ValueError:
+        value = None
+    key = _VERSION_OPTIONS[str(keyword.arg)]
+    if isinstance(value, str):
+        result.version[key] = value
+    else:
+        result.notes.append(
+            f"env.py: configure({keyword.arg}={source}) is not a plain string: name the "
+            f"table in migrate.toml ([version] {key} = ...), where status and verify read it"
+        )

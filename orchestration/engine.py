@@ -226,12 +226,14 @@ def select_schemas(project: MigrationProject, schemas: list[str] | None) -> list
     return _schemas(project, schemas)
 
 
-def _db_heads(conn: sa.Connection) -> tuple[str, ...]:
-    """The heads in alembic_version, read as MigrationContext.get_current_heads() reads
-    them (the default table, found through search_path; none when it does not exist),
-    without importing Alembic (tests/test_engine.py compares the two)."""
-    exists = conn.scalar(sa.text("SELECT to_regclass('alembic_version') IS NOT NULL"))
-    query = sa.text("SELECT version_num FROM alembic_version")
+def _db_heads(conn: sa.Connection, settings: ProjectSettings) -> tuple[str, ...]:
+    """The heads in the version table (migrate.toml [version]; alembic_version by default,
+    found through search_path), read as MigrationContext.get_current_heads() reads them
+    (none when it does not exist), without importing Alembic (tests/test_engine.py
+    compares the two)."""
+    table = settings.version_table_sql
+    exists = conn.scalar(sa.text("SELECT to_regclass(:t) IS NOT NULL"), {"t": table})
+    query = sa.text(f"SELECT version_num FROM {table}")
     heads = tuple(conn.scalars(query)) if exists else ()
     conn.commit()  # leave no transaction open: Alembic must begin its own per step
     return heads
@@ -256,7 +258,7 @@ def status(
     line for a revision the database holds that no file defines."""
     selected = _schemas(project, schemas)
     with connect(project, environment, database) as (conn, _):
-        heads = _db_heads(conn)
+        heads = _db_heads(conn, project.settings)
         states = project.statuses(heads, selected)
         if warnings is not None:
             warnings.extend(project.state_warnings(heads, environment, selected))
@@ -405,7 +407,7 @@ def _lint_gate(
     from dagster_alembic import lint  # lint renders SQL through this module
 
     if lint.may_refuse(project, environment):  # else: no read, no squawk run
-        heads = _db_heads(conn)
+        heads = _db_heads(conn, project.settings)
         project.check_known(heads, environment)
         lint.gate(project, environment, project.applied(heads), targets)
 
@@ -555,7 +557,7 @@ def downgrade(
         connect(project, environment) as (conn, url),
         advisory_lock(conn, project.settings.lock_wait_timeout_seconds),
     ):
-        heads = _db_heads(conn)
+        heads = _db_heads(conn, project.settings)
         project.check_known(heads, environment)
         statuses = project.statuses(heads, list(project.schemas))
         wanted = (_downgrade_target(project, st, to) for st in statuses if st.schema in selected)
@@ -752,7 +754,7 @@ def verify(
         audit.ensure_table(conn, project.settings.audit_schema)
         executed_by = conn.scalar(sa.text("SELECT current_user"))
         conn.commit()
-        db_heads = _db_heads(conn)
+        db_heads = _db_heads(conn, project.settings)
         for st in project.statuses(db_heads, selected):
             started = time.perf_counter()
             findings = _verify_schema(project, conn, st, db_heads, expect_head)
@@ -817,7 +819,7 @@ def baseline(
         audit.ensure_table(conn, audit_schema)
         executed_by = conn.scalar(sa.text("SELECT current_user"))
         conn.commit()
-        heads = _db_heads(conn)
+        heads = _db_heads(conn, project.settings)
         project.check_known(heads, environment)
         for st in project.statuses(heads, selected):
             recorded = audit.applied_checksums(conn, audit_schema, st.schema)

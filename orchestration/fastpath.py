@@ -288,7 +288,7 @@ def needs_masking(text: str, target: Target) -> bool:
 
 @dataclass(frozen=True)
 class Database:
-    heads: tuple[str, ...] | None  # None: no alembic_version table
+    heads: tuple[str, ...] | None  # None: no version table
     audit_probe: Any = None  # the audit tables as audit._INSPECT sees them (upgrade only)
     locked_out: bool = False  # another migration holds the lock
 
@@ -320,7 +320,7 @@ def read_database(
                 if not (row and row[0]):
                     return Database(None, locked_out=True)
             try:
-                cur.execute("SELECT version_num FROM alembic_version")
+                cur.execute(f"SELECT version_num FROM {settings.version_table_sql}")
                 heads: tuple[str, ...] | None = tuple(r[0] for r in cur.fetchall())
             except psycopg2.errors.UndefinedTable:
                 heads = None

@@ -30,7 +30,7 @@ from alembic.runtime.migration import MigrationContext, MigrationInfo
 from sqlalchemy.engine import URL
 
 from dagster_alembic import audit, catalog
-from dagster_alembic.errors import MigrationError
+from dagster_alembic.errors import ConfigurationError, MigrationError
 from dagster_alembic.recorder import StepRecorder
 from dagster_alembic.sessions import (
     advisory_lock,
@@ -100,10 +100,30 @@ def run_migrations(context: EnvironmentContext, **options: Any) -> None:
     as they are, so autogenerate and ``alembic check`` keep working; the pipeline adds one
     transaction per revision, the lock, timeouts and the audit trail.
     """
+    options = _with_version_table(_settings(context), options)
     if context.is_offline_mode():
         run_migrations_offline(context, **options)
     else:
         run_migrations_online(context, **options)
+
+
+def _with_version_table(settings: ProjectSettings, options: dict[str, Any]) -> dict[str, Any]:
+    """Alembic's version table as migrate.toml's [version] names it: `migrate status` and
+    verify read it without running env.py, so env.py may not name another."""
+    wanted = {
+        "version_table": settings.version_table,
+        "version_table_schema": settings.version_table_schema,
+    }
+    for key, value in wanted.items():
+        given = options.get(key)
+        if given is not None and given != value:
+            section = "table" if key == "version_table" else "schema"
+            raise ConfigurationError(
+                f"env.py configures {key}={given!r}, migrate.toml's [version] {section} is "
+                f"{value!r}: name it in migrate.toml ([version] {section} = {given!r}), "
+                "where status and verify read it too"
+            )
+    return {**options, **{k: v for k, v in wanted.items() if v is not None}}
 
 
 def run_migrations_online(context: EnvironmentContext, **options: Any) -> None:

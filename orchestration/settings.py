@@ -78,6 +78,10 @@ class ProjectSettings:
     environments: tuple[EnvironmentSettings, ...]
     audit_schema: str = "public"
     lock_wait_timeout_seconds: float = 60.0
+    # Alembic's version table (context.configure's version_table / version_table_schema):
+    # status and verify read it without running env.py, and env.py is given it.
+    version_table: str = "alembic_version"
+    version_table_schema: str | None = None
     histories: tuple[History, ...] = ()
     lint: LintSettings = LintSettings()
 
@@ -88,6 +92,12 @@ class ProjectSettings:
             if history.folder == folder:
                 return history.schema
         return folder.name
+
+    @property
+    def version_table_sql(self) -> str:
+        """The version table as SQL names it (identifiers are checked plain names)."""
+        table = f'"{self.version_table}"'
+        return f'"{self.version_table_schema}".{table}' if self.version_table_schema else table
 
     @property
     def root(self) -> Path:
@@ -236,6 +246,7 @@ _SECTIONS = {
     "environments": set(),
     "schemas": set(),
     "lint": set(),  # squawk rule names: checked by _lint
+    "version": {"table", "schema"},
 }
 _ENVIRONMENT_KEYS = {"url_env", "lock_timeout", "statement_timeout", "promote", "fleet"}
 _FLEET_KEYS = {"databases", "query"}
@@ -368,11 +379,26 @@ def settings_from_dict(ini: Path, data: dict, *, source: str = "migrate.toml") -
             f"got {lock_wait!r}"
         )
     mapping = _table_of(data, "schemas", f"{source} [schemas]")
+    version = _table_of(data, "version", f"{source} [version]")
+    _known_keys(version, _SECTIONS["version"], f"{source} [version]")
+    try:
+        version_table = check_identifier(
+            "version table", _string(version, "table", f"{source} [version]", "alembic_version")
+        )
+        version_schema = version.get("schema")
+        if version_schema is not None:
+            version_schema = check_identifier(
+                "version table schema", _string(version, "schema", f"{source} [version]", "")
+            )
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"{source} [version]: {exc}") from None
     return ProjectSettings(
         alembic_ini=ini,
         environments=environments,
         audit_schema=audit_schema,
         lock_wait_timeout_seconds=float(lock_wait),
+        version_table=version_table,
+        version_table_schema=version_schema,
         histories=histories(ini, mapping, source),
         lint=_lint(data, source, environments),
     )

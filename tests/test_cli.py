@@ -740,3 +740,65 @@ def test_a_merge_taken_back_leaves_two_revisions_standing_and_says_so(workspace:
     assert workspace.version_heads() == {ECOMMERCE_HEAD}
     assert run(capsys, "upgrade", "--schema", "ecommerce")[0] == 0
     assert workspace.version_heads() == {"f1a00000000m"}
+
+
+def test_a_version_table_of_its_own_is_read_by_status_verify_and_plain_alembic(
+    workspace: Workspace, capsys
+):
+    """Found by an adversarial session: env.py's version_table was used by upgrades while
+    status and verify read alembic_version. migrate.toml [version] names it for both."""
+    env_py = workspace.root / "migrations" / "env.py"
+    env_py.write_text(
+        env_py.read_text().replace(
+            "runtime.run_migrations(context, target_metadata=target_metadata)",
+            'runtime.run_migrations(context, target_metadata=target_metadata, version_table="v")',
+        )
+    )
+    # env.py names a table migrate.toml does not: one line, exit 2, nothing changed
+    code, _out, err = run(capsys, "upgrade")
+    assert code == 2 and err.count("\n") == 1, err
+    assert "env.py configures version_table='v'" in err and "[version] table" in err
+    assert workspace.version_heads() == set()
+
+    toml = workspace.root / "migrate.toml"
+    toml.write_text(toml.read_text() + '\n[version]\ntable = "v"\n')
+    for _ in (1, 2):
+        assert run(capsys, "upgrade")[0] == 0
+    assert workspace.scalar("SELECT to_regclass('public.alembic_version') IS NULL")
+    assert {r[0] for r in workspace.rows("SELECT version_num FROM v")} == {
+        ECOMMERCE_HEAD,
+        ANALYTICS_HEAD,
+    }
+    code, out, _ = run(capsys, "status", "--json")
+    assert code == 0 and all(s["at_head"] for s in json.loads(out)["schemas"])
+    assert run(capsys, "verify")[0] == 0
+    current = workspace.run("alembic", "current")
+    assert current.returncode == 0 and f"{ECOMMERCE_HEAD} (head)" in current.stdout
+
+
+def test_init_carries_env_pys_version_table_into_migrate_toml(tmp_path, monkeypatch, capsys):
+    from alembic import command
+    from alembic.config import Config
+
+    from dagster_alembic.settings import load_settings
+
+    root = tmp_path / "team"
+    root.mkdir()
+    monkeypatch.chdir(root)
+    command.init(Config(str(root / "alembic.ini")), str(root / "migrations"))
+    env_py = root / "migrations" / "env.py"
+    text = env_py.read_text()
+    assert text.count("target_metadata=target_metadata") == 2  # offline and online
+    env_py.write_text(
+        text.replace(
+            "connection=connection, target_metadata=target_metadata",
+            'connection=connection, target_metadata=target_metadata, version_table="teams_v"',
+        )
+    )
+    capsys.readouterr()
+    for _ in (1, 2):  # a second run changes nothing
+        assert main(["init"]) == 0
+    settings = load_settings(root / "alembic.ini")
+    assert (settings.version_table, settings.version_table_schema) == ("teams_v", None)
+    assert (root / "migrate.toml").read_text().count("[version]") == 1
+    assert 'version_table="teams_v"' in env_py.read_text()  # carried, and consistent

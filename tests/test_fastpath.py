@@ -286,7 +286,7 @@ def test_heads_are_read_as_alembic_reads_them(workspace):
 
     def both() -> tuple[tuple[str, ...], tuple[str, ...]]:
         with workspace.connect() as conn:
-            ours = engine._db_heads(conn)
+            ours = engine._db_heads(conn, workspace.project().settings)
             return ours, MigrationContext.configure(conn).get_current_heads()
 
     assert both() == ((), ())

@@ -73,7 +73,11 @@ def read_heads(settings: ProjectSettings, environment: str) -> tuple[str, ...]:
     engine = sessions.create_engine(url, environment, settings.environment(environment))
     try:
         with engine.connect() as conn:
-            return tuple(MigrationContext.configure(conn).get_current_heads())
+            opts = {
+                "version_table": settings.version_table,
+                "version_table_schema": settings.version_table_schema,
+            }
+            return tuple(MigrationContext.configure(conn, opts=opts).get_current_heads())
     finally:
         engine.dispose()
 
