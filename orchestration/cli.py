@@ -791,6 +791,8 @@ def _fast(argv: Sequence[str] | None, stdout: IO[str], stderr: IO[str]) -> _Fast
         database = fastpath.read_database(
             settings, where, probe=cache.audit_probe if upgrade else None, lock=upgrade
         )
+    except fastpath.Declined:
+        return _FastAnswer()  # the full path reads again and reports in its own words
     except fastpath.Unreachable as exc:
         assert where is not None  # only a target is connected to
         message = f"migrate: error: {exc}\n"

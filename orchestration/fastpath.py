@@ -293,6 +293,10 @@ class Database:
     locked_out: bool = False  # another migration holds the lock
 
 
+class Declined(Exception):
+    """The database answered, but not as the fast path can: the full path takes over."""
+
+
 class Unreachable(Exception):
     """The database cannot be reached; the message is the slow path's."""
 
@@ -312,27 +316,37 @@ def read_database(
             f"cannot connect to the {where.environment} database {where.display}: {first}"
         ) from None
     try:
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            if lock:
-                cur.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,))
-                row = cur.fetchone()
-                if not (row and row[0]):
-                    return Database(None, locked_out=True)
-            try:
-                cur.execute(f"SELECT version_num FROM {settings.version_table_sql}")
-                heads: tuple[str, ...] | None = tuple(r[0] for r in cur.fetchall())
-            except psycopg2.errors.UndefinedTable:
-                heads = None
-            found = None
-            if probe is not None:
-                cur.execute(f"SELECT {probe}", {"migrate_audit_schema": settings.audit_schema})
-                found = cur.fetchone()[0]
-            if lock:
-                cur.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
-            return Database(heads, found)
+        return _read(conn, settings, probe=probe, lock=lock)
+    except psycopg2.Error as exc:
+        # a timeout, a missing privilege, anything the server refused: the full path
+        # runs the same reads again and says what went wrong in its own words
+        raise Declined(type(exc).__name__) from None
     finally:
         conn.close()
+
+
+def _read(conn: Any, settings: ProjectSettings, *, probe: str | None, lock: bool) -> Database:
+    import psycopg2
+
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        if lock:
+            cur.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,))
+            row = cur.fetchone()
+            if not (row and row[0]):
+                return Database(None, locked_out=True)
+        try:
+            cur.execute(f"SELECT version_num FROM {settings.version_table_sql}")
+            heads: tuple[str, ...] | None = tuple(r[0] for r in cur.fetchall())
+        except psycopg2.errors.UndefinedTable:
+            heads = None
+        found = None
+        if probe is not None:
+            cur.execute(f"SELECT {probe}", {"migrate_audit_schema": settings.audit_schema})
+            found = cur.fetchone()[0]
+        if lock:
+            cur.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
+        return Database(heads, found)
 
 
 # --- answers ---------------------------------------------------------------------------------

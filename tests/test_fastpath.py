@@ -184,6 +184,30 @@ def test_unreachable_database_same_message(workspace, capsys, monkeypatch):
     assert (code, out, err) == slow(capsys, monkeypatch, "status")
 
 
+def test_a_database_error_after_connecting_is_the_full_paths_one_line(
+    workspace, capsys, monkeypatch
+):
+    """Found by an adversarial session: a lock timeout or a missing privilege on the
+    version table was a raw traceback on the fast path."""
+    toml = workspace.root / "migrate.toml"
+    toml.write_text(toml.read_text().replace('lock_timeout = "5s"', 'lock_timeout = "300ms"', 1))
+    warm(capsys)
+    with workspace.connect() as holder:
+        holder.execute(sa.text("LOCK TABLE alembic_version IN ACCESS EXCLUSIVE MODE"))
+        for command in ("status", "upgrade"):
+            declines(command)
+            code, out, err = run_main(capsys, command)
+            assert code == 1 and "Traceback" not in out + err, err
+            assert "lock timeout" in err and err.count("\n") <= 3, err
+        holder.rollback()
+
+
+def run_main(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 def test_no_alembic_or_sqlalchemy_import(workspace, capsys):
     warm(capsys)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
