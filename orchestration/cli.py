@@ -77,13 +77,20 @@ class _Output:
         self._started = False
 
     def write(self, text: str) -> int:
-        if text and not self._started:
+        if text:
+            self.start()
+        self._stream.write(urls.redact(text))
+        return len(text)
+
+    def start(self) -> None:
+        """The target line, once, even when nothing else goes to stdout (a run that failed
+        before its first step reports on stderr only)."""
+        if not self._started:
             self._started = True
             line = self._first_line() if self._first_line else None
             if line:
                 self._stream.write(urls.redact(line) + "\n")
-        self._stream.write(urls.redact(text))
-        return len(text)
+                self._stream.flush()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
@@ -308,6 +315,8 @@ def _report_run(result: engine.RunResult, args: argparse.Namespace) -> int:
         else:
             print(f"{args.env}: nothing to do")
     else:
+        if isinstance(sys.stdout, _Output):
+            sys.stdout.start()
         print(result.failure_line, file=sys.stderr)
     return EXIT_OK if result.ok else EXIT_FAILED
 

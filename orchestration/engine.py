@@ -341,7 +341,20 @@ def _run_on(
         if not _migration_failure(project, result, exc):
             raise  # our own bug, or bad input: the caller shows its traceback or its line
         result.error = error_text(exc, url)
+        culprit = _revision_in_traceback(project, exc)
+        if culprit is not None and all(row.success for row in result.steps):
+            # failed before its step began (its module did not import): name it first
+            result.error = f"revision {culprit.revision} ({culprit.path.name}): {result.error}"
     return result
+
+
+def _revision_in_traceback(project: MigrationProject, exc: BaseException) -> Revision | None:
+    """The revision file the error passed through last, if any."""
+    by_path = {str(r.path): r for s in project.schemas for r in project.revisions(s)}
+    found = None
+    for frame, _ in traceback.walk_tb(exc.__traceback__):
+        found = by_path.get(frame.f_code.co_filename, found)
+    return found
 
 
 def _migration_failure(project: MigrationProject, result: RunResult, exc: Exception) -> bool:
@@ -354,11 +367,7 @@ def _migration_failure(project: MigrationProject, result: RunResult, exc: Except
         return True
     if any(not row.success for row in result.steps):
         return True
-    revision_files = {str(r.path) for s in project.schemas for r in project.revisions(s)}
-    return any(
-        frame.f_code.co_filename in revision_files
-        for frame, _ in traceback.walk_tb(exc.__traceback__)
-    )
+    return _revision_in_traceback(project, exc) is not None
 
 
 def upgrade(

@@ -44,6 +44,13 @@ class RevisionFile:
     literal_ids: bool = False
 
 
+def is_revision_file(name: str) -> bool:
+    """A file Alembic loads as a revision (alembic.script.base's pattern when not
+    sourceless): every *.py but __init__ and editor lock files (.#x.py). A helper module
+    there (_helpers.py) is one too, for Alembic: it fails on it, so it is reported."""
+    return name.endswith(".py") and not name.startswith((".#", "__init__"))
+
+
 def list_files(histories: Iterable[History]) -> list[tuple[str, str, os.stat_result]]:
     """(schema, path, stat) of every revision file, with os.scandir: no imports, no reads."""
     found = []
@@ -53,7 +60,7 @@ def list_files(histories: Iterable[History]) -> list[tuple[str, str, os.stat_res
         except FileNotFoundError:
             continue
         for entry in entries:
-            if entry.name.endswith(".py") and not entry.name.startswith((".", "_")):
+            if is_revision_file(entry.name):
                 found.append((schema, entry.path, entry.stat()))
     return found
 
@@ -287,7 +294,7 @@ def stat_digest(history: History) -> tuple[str, int]:
         rows = [
             f"{e.name}\0{(st := e.stat()).st_mtime_ns}\0{st.st_size}"
             for e in entries
-            if e.name.endswith(".py") and not e.name.startswith((".", "_"))
+            if is_revision_file(e.name)
         ]
     return hashlib.sha256("\n".join(rows).encode()).hexdigest(), len(rows)
 

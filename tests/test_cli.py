@@ -23,6 +23,7 @@ from conftest import (
 
 from dagster_alembic import embedded, engine, launcher
 from dagster_alembic.cli import main
+from dagster_alembic.urls import display_url
 
 
 def run(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
@@ -802,3 +803,36 @@ def test_init_carries_env_pys_version_table_into_migrate_toml(tmp_path, monkeypa
     assert (settings.version_table, settings.version_table_schema) == ("teams_v", None)
     assert (root / "migrate.toml").read_text().count("[version]") == 1
     assert 'version_table="teams_v"' in env_py.read_text()  # carried, and consistent
+
+
+def test_a_revision_that_fails_to_import_is_named_after_the_target_line(
+    workspace: Workspace, capsys
+):
+    """Found by an adversarial session: a pending module raising at import gave no target
+    line and no revision, only 'upgrade failed: RuntimeError: ...'."""
+    workspace.add_revision(
+        "ecommerce",
+        "2024_06_01_0900-b00000000001_boom.py",
+        simple_revision("b00000000001", ECOMMERCE_HEAD, "boom")
+        + '\nraise RuntimeError("boom at import")\n',
+    )
+    code, out, err = run(capsys, "upgrade", "--schema", "ecommerce")
+    assert code == 1, err
+    assert out.splitlines()[0].startswith(f"dev: {display_url(workspace.urls['dev'])}")
+    assert err.startswith(
+        "dev: upgrade failed: revision b00000000001 (2024_06_01_0900-b00000000001_boom.py): "
+        "RuntimeError: boom at import"
+    ), err
+    assert "b00000000001" not in workspace.version_heads()
+
+
+def test_a_helper_module_in_a_versions_folder_is_a_broken_revision_file(
+    workspace: Workspace, capsys
+):
+    """Alembic loads every *.py there and fails on one with no revision id: so does every
+    migrate command, in one line, before anything runs (was: status fine, upgrade exit 1)."""
+    (workspace.versions / "analytics" / "_helpers.py").write_text("X = 1\n")
+    for command in ("status", "upgrade", "verify"):
+        code, _out, err = run(capsys, command)
+        assert code == 2 and err.count("\n") == 1 and "_helpers.py" in err, (command, err)
+    assert workspace.version_heads() == set()
