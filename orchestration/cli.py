@@ -346,6 +346,8 @@ def cmd_upgrade(project: MigrationProject, args: argparse.Namespace) -> int:
     if args.to is not None or first:  # the operator's own target, or head: one run
         to = args.to or "head"
         _check_to(project, to, downgrade=False)
+        if not first and not args.json:
+            _warn_past_promotion(project, args.env, to, args.schema)
         header = f"upgrading {args.env} ({', '.join(args.schema or project.schemas)}) to {to}"
         result = engine.upgrade(
             project,
@@ -365,6 +367,28 @@ def cmd_upgrade(project: MigrationProject, args: argparse.Namespace) -> int:
         on_plan=None if args.json else (lambda p: print(p.reason, flush=True)),
     )
     return _report_run(result, args)
+
+
+def _warn_past_promotion(
+    project: MigrationProject, env: str, to: str, schemas: list[str] | None
+) -> None:
+    """An explicit --to after the first environment is the operator's own call; say when
+    it goes past what the environment before is at and verified (Dagster's job refuses)."""
+    if to == "head":
+        wanted = {s: project.head(s) for s in project.select_schemas(schemas)}
+    else:
+        revision = project.resolve(to)
+        wanted = {revision.schema: revision.revision}
+    for p in promotion.plan(project, env, list(wanted)):
+        rev = wanted.get(p.schema)
+        if rev is not None and rev not in promotion.lineage(project, p.target):
+            if isinstance(sys.stdout, _Output):
+                sys.stdout.start()
+            print(
+                f"migrate: warning: {env}/{p.schema}: --to {to} goes past what {p.previous} "
+                f"is at and verified ({p.target or 'nothing'}): applied as asked",
+                file=sys.stderr,
+            )
 
 
 def cmd_downgrade(project: MigrationProject, args: argparse.Namespace) -> int:

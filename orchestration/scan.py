@@ -92,7 +92,13 @@ def read_revision_file(schema: str, path: str, data: bytes | None = None) -> Rev
             values[target.id] = _literal(value)
     revision = values.get("revision")
     if not isinstance(revision, str):
-        return RevisionFile(path, schema, checksum, error='no `revision = "..."` assignment')
+        why = (
+            "its `revision = ...` is not a plain string (revision ids are read from the "
+            'text, never by importing: write `revision = "<id>"`)'
+            if "revision" in values
+            else 'no `revision = "..."` assignment'
+        )
+        return RevisionFile(path, schema, checksum, error=why)
     if not _REVISION_ID.match(revision) or revision in _RESERVED:
         return RevisionFile(
             path,

@@ -660,9 +660,17 @@ def test_upgrade_after_the_first_environment_goes_as_far_as_the_one_before_verif
     assert run(capsys, "upgrade", "--env", "staging", "--schema", "ecommerce")[0] == 0
     assert workspace.version_heads("staging") == {"e1e000000001"}
 
-    # An explicit --to is the operator's own call.
-    assert run(capsys, "upgrade", "--env", "prod", "--to", "e1e000000001")[0] == 0
+    # An explicit --to is the operator's own call, said when it goes past promotion.
+    code, out, err = run(capsys, "upgrade", "--env", "prod", "--to", "e1e000000001")
+    assert code == 0 and out.startswith("prod: ")
+    assert (
+        "migrate: warning: prod/ecommerce: --to e1e000000001 goes past what staging is at "
+        "and verified (" in err
+    ), err
     assert "e1e000000001" in workspace.version_heads("prod")
+    assert run(capsys, "verify", "--env", "staging", "--schema", "ecommerce")[0] == 0
+    code, _out, err = run(capsys, "upgrade", "--env", "prod", "--to", "e1e000000001")
+    assert code == 0 and "warning" not in err  # verified in staging now, and nothing to do
 
 
 @pytest.mark.parametrize(
@@ -836,3 +844,13 @@ def test_a_helper_module_in_a_versions_folder_is_a_broken_revision_file(
         code, _out, err = run(capsys, command)
         assert code == 2 and err.count("\n") == 1 and "_helpers.py" in err, (command, err)
     assert workspace.version_heads() == set()
+
+
+def test_a_computed_revision_id_is_named_as_such(workspace: Workspace, capsys):
+    body = simple_revision("c0000000000d", ECOMMERCE_HEAD, "computed").replace(
+        'revision = "c0000000000d"', 'revision = "c0000000" + "000d"'
+    )
+    assert 'revision = "c0000000" + "000d"' in body
+    workspace.add_revision("ecommerce", "2024_06_01_0900-c0000000000d_computed.py", body)
+    code, _out, err = run(capsys, "status")
+    assert code == 2 and "is not a plain string" in err and err.count("\n") == 1, err
