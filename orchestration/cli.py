@@ -650,7 +650,8 @@ def build_parser(parser_class: type[_Parser] = _Parser) -> argparse.ArgumentPars
         "upgrade",
         cmd_upgrade,
         "apply pending revisions (one transaction each); after the first environment, only "
-        "as far as the environment before it is and verified, unless --to says otherwise",
+        "as far as the environment before it is and verified (a --to past that is applied, "
+        "with a warning)",
     )
     up.add_argument(
         "--to",
