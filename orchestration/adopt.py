@@ -24,6 +24,9 @@ from dagster_alembic.errors import ConfigurationError
 from dagster_alembic.settings import DEFAULT_ENVIRONMENTS, check_identifier, version_folders
 
 CALL = "runtime.run_migrations("
+_IMPORT = "from dagster_alembic import runtime"
+_OLD_IMPORT = "from orchestration import runtime"
+
 # Options the pipeline sets itself; the connection and URL come from migrate.toml.
 _OURS = {
     "connection",
@@ -219,6 +222,9 @@ def _wired_env_py(text: str, path: Path, result: InitResult) -> str | None:
     """env.py with its closing dispatch replaced by the pipeline's call, or None when it
     already makes that call."""
     if CALL in text:
+        if _OLD_IMPORT in text:  # wired by a release whose package was `orchestration`
+            result.notes.append(f"env.py: `{_OLD_IMPORT}` is now `{_IMPORT}`")
+            return text.replace(_OLD_IMPORT, _IMPORT)
         return None
     try:
         tree = ast.parse(text, filename=str(path))

@@ -854,3 +854,17 @@ def test_a_computed_revision_id_is_named_as_such(workspace: Workspace, capsys):
     workspace.add_revision("ecommerce", "2024_06_01_0900-c0000000000d_computed.py", body)
     code, _out, err = run(capsys, "status")
     assert code == 2 and "is not a plain string" in err and err.count("\n") == 1, err
+
+
+def test_init_updates_an_env_py_wired_by_the_release_named_orchestration(
+    workspace: Workspace, capsys
+):
+    env_py = workspace.root / "migrations" / "env.py"
+    text = env_py.read_text()
+    assert "from dagster_alembic import runtime" in text
+    env_py.write_text(text.replace("from dagster_alembic", "from orchestration"))
+    assert main(["init"]) == 0
+    assert env_py.read_text() == text
+    capsys.readouterr()
+    assert main(["init"]) == 0  # twice changes nothing
+    assert env_py.read_text() == text
