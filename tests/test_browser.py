@@ -27,6 +27,9 @@ from conftest import (
 from dagster_alembic import embedded
 from dagster_alembic.settings import load_settings
 
+# Starts Dagster processes or a browser: `pytest -m "not slow"` leaves it out.
+pytestmark = pytest.mark.slow
+
 ARTIFACTS = REPO / "test-artifacts" / "browser"
 CHROMIUM_FLAGS = [
     "--no-sandbox",

@@ -157,6 +157,7 @@ def _listed(done: subprocess.CompletedProcess) -> dict:
     return json.loads(done.stdout[done.stdout.index("{") :])
 
 
+@pytest.mark.slow
 def test_a_dg_project_adds_both_ways_checks_lists_and_materializes_them(
     team: Workspace, crm: Workspace
 ):

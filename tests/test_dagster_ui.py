@@ -12,6 +12,9 @@ from dagster_alembic import launcher
 from dagster_alembic.errors import ConfigurationError
 from dagster_alembic.settings import load_settings
 
+# Starts Dagster processes or a browser: `pytest -m "not slow"` leaves it out.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def dagster_services(workspace: Workspace, databases, tmp_path, monkeypatch):

@@ -268,6 +268,7 @@ def test_dagster_definitions_validate_needs_no_variable(workspace: Workspace):
     assert "Using temporary directory" in done.stdout
 
 
+@pytest.mark.slow
 def test_dagster_dev_serves_the_code_location_with_no_variable(workspace: Workspace, tmp_path):
     port = _free_port()
     log = tmp_path / "dev.log"

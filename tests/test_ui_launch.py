@@ -10,8 +10,12 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 from conftest import Databases, Workspace, _free_port
+
+# Starts Dagster processes or a browser: `pytest -m "not slow"` leaves it out.
+pytestmark = pytest.mark.slow
 
 
 def test_migrate_ui_starts_dg_dev_on_postgresql_storage(
