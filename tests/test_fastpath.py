@@ -44,6 +44,21 @@ def slow(capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, *args: 
     return code, out, err
 
 
+@pytest.fixture
+def tcp_server(server_url) -> None:
+    """The fast path answers for a server reached over TCP; the embedded server is reached
+    by its socket, where it always takes the full path (test_embedded_server_declines)."""
+    if not server_url.host or server_url.host.startswith("/") or "host" in server_url.query:
+        pytest.skip("the fast path answers over TCP only; this server is reached by socket")
+
+
+def test_embedded_server_declines(workspace, capsys, monkeypatch):
+    """Whatever the test server, a socket URL (the embedded server's) takes the full path."""
+    warm(capsys)
+    monkeypatch.setenv("DEV_DATABASE_URL", "postgresql://postgres@/dev?host=/tmp")
+    declines("status")
+
+
 def warm(capsys: pytest.CaptureFixture) -> None:
     """Runs that leave the caches a first deploy leaves: settings, the audit probe."""
     for _ in range(3):
@@ -67,6 +82,7 @@ def audit_rows(workspace: Workspace) -> int:
     return len(workspace.audit())
 
 
+@pytest.mark.usefixtures("tcp_server")
 def test_at_head_status_and_upgrade_are_the_full_paths_answers(workspace, capsys, monkeypatch):
     warm(capsys)
     rows = audit_rows(workspace)
@@ -83,6 +99,7 @@ def test_at_head_status_and_upgrade_are_the_full_paths_answers(workspace, capsys
     assert audit_rows(workspace) == rows  # a no-op upgrade writes no row, either way
 
 
+@pytest.mark.usefixtures("tcp_server")
 def test_fresh_database(workspace, capsys, monkeypatch):
     warm(capsys)
     fresh = workspace.urls["staging"]  # never migrated
@@ -93,6 +110,7 @@ def test_fresh_database(workspace, capsys, monkeypatch):
     declines("upgrade")  # everything to do
 
 
+@pytest.mark.usefixtures("tcp_server")
 def test_behind_the_files(workspace, capsys, monkeypatch):
     warm(capsys)
     workspace.add_revision(
@@ -110,6 +128,7 @@ def test_behind_the_files(workspace, capsys, monkeypatch):
     assert "new000000001" in workspace.version_heads()
 
 
+@pytest.mark.usefixtures("tcp_server")
 def test_ahead_of_the_files(workspace, capsys, monkeypatch):
     path = workspace.add_revision(
         "ecommerce",
@@ -124,6 +143,7 @@ def test_ahead_of_the_files(workspace, capsys, monkeypatch):
     assert main(["upgrade"]) == 2  # refused by the full path, as before
 
 
+@pytest.mark.usefixtures("tcp_server")
 def test_an_edited_applied_file_is_still_caught(workspace, capsys, monkeypatch):
     warm(capsys)
     applied = next((workspace.versions / "ecommerce").glob("*.py"))
@@ -135,6 +155,7 @@ def test_an_edited_applied_file_is_still_caught(workspace, capsys, monkeypatch):
         assert code == 1 and "was edited after it was applied" in out
 
 
+@pytest.mark.usefixtures("tcp_server")
 def test_broken_file_unknown_schema_and_environment_go_the_full_way(workspace, capsys):
     warm(capsys)
     declines("status", "--env", "nowhere")
@@ -149,6 +170,7 @@ def test_broken_file_unknown_schema_and_environment_go_the_full_way(workspace, c
     assert fast("status")[0] == 0
 
 
+@pytest.mark.usefixtures("tcp_server")
 def test_lock_held_and_missing_audit_table_decline(workspace, capsys, monkeypatch):
     warm(capsys)
     with workspace.connect() as holder:
@@ -208,6 +230,7 @@ def run_main(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
     return code, out, err
 
 
+@pytest.mark.usefixtures("tcp_server")
 def test_no_alembic_or_sqlalchemy_import(workspace, capsys):
     warm(capsys)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
