@@ -335,7 +335,9 @@ def sensor_ticks(work: Path, files: int, times: int) -> tuple[Sample, Sample, bo
         for n in range(times):
             path = versions / f"9999_new{n}.py"
             path.write_text(
-                f'"""new"""\nrevision = "ffff{n:08x}"\ndown_revision = None\n\n'
+                # on top of the chain's head (bench/projects.py ids): a second root would
+                # be a second head, which the sensor names instead of starting a run
+                f'"""new"""\nrevision = "ffff{n:08x}"\ndown_revision = "{files:012x}"\n\n'
                 "def upgrade():\n    pass\n"
             )
             seconds, result, _ = tick(baseline)

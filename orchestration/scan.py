@@ -272,7 +272,7 @@ def schema_dependencies(files: list[RevisionFile]) -> dict[str, set[str]]:
 # --- the sensor's view: each file's stat, checksum and reading, kept beside the cache ------
 
 INDEX_NAME = "migrate-files.json"
-_INDEX_FORMAT = f"1:{_FORMAT}"
+_INDEX_FORMAT = f"2:{_FORMAT}"  # 2: down_revisions kept
 
 
 @dataclass(frozen=True)
@@ -285,6 +285,7 @@ class FileState:
     checksum: str
     revision: str | None
     error: str | None
+    down_revisions: tuple[str, ...] = ()  # a schema's heads are told without reading it
 
 
 def stat_digest(history: History) -> tuple[str, int]:
@@ -337,7 +338,13 @@ def folder_states(history: History, state_dir: str | None = None) -> dict[str, F
             continue
         reading = read_revision_file(history.schema, path)
         states[name] = FileState(
-            name, st.st_mtime_ns, st.st_size, reading.checksum, reading.revision, reading.error
+            name,
+            st.st_mtime_ns,
+            st.st_size,
+            reading.checksum,
+            reading.revision,
+            reading.error,
+            reading.down_revisions,
         )
         changed = True
     if (changed or states.keys() != known.keys()) and writable:
@@ -357,7 +364,10 @@ def _load_index(path: str) -> dict[str, FileState]:
             content = json.load(handle)
         if content.get("format") != _INDEX_FORMAT:
             return {}
-        return {row[0]: FileState(*row) for row in content["files"]}
+        states = {}
+        for name, mtime_ns, size, checksum, revision, error, downs in content["files"]:
+            states[name] = FileState(name, mtime_ns, size, checksum, revision, error, tuple(downs))
+        return states
     except (OSError, ValueError, TypeError, KeyError, AttributeError):
         return {}
 

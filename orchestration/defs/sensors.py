@@ -3,7 +3,7 @@
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +78,7 @@ def changed_files(
         checksums = {name: s.checksum for name, s in states.items()}
         content = scan.content_digest(checksums)
         bad = sorted((s.name, (s.error or "")[:_ERROR_CHARS]) for s in states.values() if s.error)
-        if not bad and len(heads := _heads([h for h in histories if h.schema == schema])) > 1:
+        if not bad and len(heads := _heads(states.values())) > 1:
             # a run could only fail: named like a broken file, until they are merged
             bad = [("", f"{len(heads)} heads ({', '.join(heads)}): merge them (alembic merge)")]
         entry: dict[str, Any] = {"stat": stat, "content": content, "files": len(states)}
@@ -108,10 +108,10 @@ def changed_files(
     return {"v": CURSOR_VERSION, "schemas": schemas}, changed, broken
 
 
-def _heads(histories: list[History]) -> list[str]:
-    """The schema's revisions that no other names as its down_revision (the scan cache's
-    readings: read only when its folder changed)."""
-    files = [f for f in scan.read_revision_files(histories) if f.revision]
+def _heads(states: Iterable[scan.FileState]) -> list[str]:
+    """The folder's revisions that no other names as its down_revision (from the file
+    index: nothing read)."""
+    files = [f for f in states if f.revision]
     below = {d for f in files for d in f.down_revisions}
     return sorted(str(f.revision) for f in files if f.revision not in below)
 
