@@ -241,11 +241,13 @@ def _within_dependencies(
     if target is None:
         return target, state
 
-    def allowed(other: str) -> set[str]:
-        p = planned.get(other)
-        if p is None:
-            return set()
-        return lineage(project, p.target) | lineage(project, p.current)
+    # What the schemas planned before may reach here; a revision belongs to one schema,
+    # so one set serves them all (read once, not once per revision checked).
+    reachable = {
+        rid
+        for p in planned.values()
+        for rid in lineage(project, p.target) | lineage(project, p.current)
+    }
 
     def blocked(candidate: str) -> list[str]:
         return sorted(
@@ -253,7 +255,7 @@ def _within_dependencies(
             for rid in _needs(project, candidate)
             if (rev := project.revision(rid)) is not None
             and rev.schema != schema
-            and rid not in allowed(rev.schema)
+            and rid not in reachable
         )
 
     missing = blocked(target)
@@ -263,9 +265,10 @@ def _within_dependencies(
         f"{target} needs {', '.join(missing)} of another schema, not verified in the "
         "environment before"
     )
+    below = lineage(project, target)
     for rev in reversed(project.revisions(schema)):
         rid = rev.revision
-        if rid in lineage(project, target) and not blocked(rid):
+        if rid in below and not blocked(rid):
             return rid, f"{state}; {why}: going to {rid}"
     return None, f"{state}; {why}"
 
