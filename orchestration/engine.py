@@ -437,18 +437,6 @@ def lint_gate(
             _lint_gate(project, environment, conn, targets)
 
 
-def _ancestors(project: MigrationProject, revision: str) -> set[str]:
-    """``revision`` and every revision below it in its schema (down_revisions)."""
-    found: set[str] = set()
-    todo = [revision]
-    while todo:
-        rid = todo.pop()
-        if rid not in found and (rev := project.revision(rid)) is not None:
-            found.add(rid)
-            todo.extend(rev.down_revisions)
-    return found
-
-
 def _kept(project: MigrationProject, st: SchemaStatus, to: str) -> int:
     """How many of the schema's applied revisions stay after a downgrade to ``to``
     (a revision, ``-N`` or ``base``); a ``to`` that cannot apply is a ConfigurationError."""
@@ -457,7 +445,7 @@ def _kept(project: MigrationProject, st: SchemaStatus, to: str) -> int:
     if len(tips) > 1 and to != "base":
         # A merge taken back leaves two revisions standing: "one step back", or one of
         # them, has no single meaning; a revision below all of them has.
-        below_all = set.intersection(*(_ancestors(project, tip) for tip in tips))
+        below_all = set.intersection(*(project.lineage(tip) for tip in tips))
         if _RELATIVE.match(to) or project.resolve(to).revision not in below_all - set(tips):
             raise ConfigurationError(
                 f"{st.schema} stands at {len(tips)} revisions ({', '.join(tips)}), a merge "

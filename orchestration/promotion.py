@@ -86,16 +86,7 @@ def _when(moment: datetime | None) -> str:
 
 def lineage(project: MigrationProject, revision: str | None) -> set[str]:
     """``revision`` and every revision of its schema below it (down_revisions)."""
-    found: set[str] = set()
-    todo = [revision] if revision else []
-    while todo:
-        rid = todo.pop()
-        rev = project.revision(rid)
-        if rid in found or rev is None:
-            continue
-        found.add(rid)
-        todo.extend(d for d in rev.down_revisions if project.revision(d) is not None)
-    return found
+    return project.lineage(revision)
 
 
 def _read_record(conn: sa.Connection, audit_schema: str, schemas: list[str]) -> dict[str, _Record]:

@@ -332,6 +332,19 @@ class MigrationProject:
             for schema in schemas
         ]
 
+    def lineage(self, revision: str | None) -> set[str]:
+        """``revision`` and every revision of its schema below it (down_revisions)."""
+        found: set[str] = set()
+        todo = [revision] if revision else []
+        while todo:
+            rid = todo.pop()
+            rev = self._by_id.get(rid)
+            if rid in found or rev is None:
+                continue
+            found.add(rid)
+            todo.extend(rev.down_revisions)
+        return found
+
     def tips(self, schema: str, applied: set[str]) -> list[str]:
         """The schema's applied revisions no other applied one stands on: one, unless a
         merge was taken back (its parents both stand)."""
