@@ -243,7 +243,10 @@ def test_revision_state_is_visible_true_and_actionable(browser, embedded_ui, wor
             break
         assert time.monotonic() < deadline, "revision_observer never reported staging"
         time.sleep(10)
-    page.get_by_text(observed).first.click()  # the newest observation, its metadata
+    # the newest observation, its metadata; a Dagster popover (a "what's new" video) may
+    # lie over the page: close it first
+    page.keyboard.press("Escape")
+    page.get_by_text(observed).first.click(force=True)
     shot("7-cli-upgrade-observed")
 
     # 3. the rollback Launchpad from the asset page's link, filled from choices
