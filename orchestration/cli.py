@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import io
 import json
 import os
@@ -37,6 +38,32 @@ def _import_engine() -> None:
     `migrate status` and a no-op upgrade answer without it (fastpath.py)."""
     global audit, embedded, engine, promotion, targets, urls
     from dagster_alembic import audit, embedded, engine, promotion, targets, urls
+
+    if _own_process:
+        # What the imports built lives until the process ends: frozen, no collection (during
+        # the run, or the interpreter's last one at exit) walks it again. Measured: one
+        # pending revision at N=1,000 took 0.56 s, 0.45 s with this (bench/README.md).
+        gc.freeze()
+        gc.enable()
+
+
+# True in the `migrate` process (entry()), not when main() is called from Python.
+_own_process = False
+
+
+def entry() -> NoReturn:
+    """The `migrate` and `dagster-alembic` commands: main() in a process of its own.
+
+    Python's cyclic garbage collector would walk the tens of thousands of objects that
+    importing SQLAlchemy and Alembic creates, repeatedly while they are imported and once
+    more at exit, and they are never garbage: it is off until the imports are done, and
+    what they built is then frozen (gc.freeze), as Python's documentation suggests for
+    long-lived objects. Garbage made by the command itself is collected as usual.
+    """
+    global _own_process
+    _own_process = True
+    gc.disable()
+    sys.exit(main())
 
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -922,4 +949,4 @@ def _run(argv: Sequence[str] | None, read: MigrationProject | None = None) -> in
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import stat
+import subprocess
 import sys
 import uuid
 from pathlib import Path
@@ -189,6 +190,38 @@ def test_migrate_console_script_exit_codes(workspace: Workspace):
     assert helped.returncode == 0
     for command in ("status", "plan", "upgrade", "downgrade", "verify", "audit"):
         assert command in helped.stdout
+
+
+def test_the_command_freezes_what_its_imports_built_and_collects_the_rest():
+    """entry(): no collection walks SQLAlchemy's and Alembic's import-time objects (frozen),
+    while garbage the command itself makes is still collected; main() called from Python
+    leaves the caller's collector as it was."""
+    probe = (
+        "import gc, sys\n"
+        "from dagster_alembic import cli\n"
+        "cli._own_process = True\n"
+        "gc.disable()\n"
+        "cli._import_engine()\n"
+        "assert gc.isenabled(), 'collector left off'\n"
+        "assert gc.get_freeze_count() > 20000, gc.get_freeze_count()\n"
+        "assert 'sqlalchemy' in sys.modules\n"
+        "class Cycle:\n"
+        "    pass\n"
+        "a = Cycle(); a.me = a; del a\n"
+        "assert gc.collect() >= 1, 'a cycle made after the imports was not collected'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    script = Path(sys.executable).parent / "migrate"
+    assert "import entry" in script.read_text()  # the installed command goes through entry()
+
+
+def test_main_in_process_leaves_the_collector_alone(workspace: Workspace, capsys):
+    import gc
+
+    frozen = gc.get_freeze_count()
+    assert run(capsys, "status")[0] == 0
+    assert gc.isenabled() and gc.get_freeze_count() == frozen
 
 
 def test_plain_alembic_upgrade_writes_audit_rows(workspace: Workspace):
