@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import heapq
 import importlib.util
+import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -39,12 +40,16 @@ class Revision:
     revision: str
     schema: str
     message: str
-    path: Path
+    file: str  # the file's path as listed (a Path for each of 1,000s costs a deploy ms)
     down_revisions: tuple[str, ...]
     depends_on: tuple[str, ...]
     create_date: str | None
     checksum: str  # sha256 of the file as read
     defines_verify: bool = False
+
+    @property
+    def path(self) -> Path:
+        return Path(self.file)
 
     @classmethod
     def from_script(cls, script: Script, schema: str) -> Revision:
@@ -55,7 +60,7 @@ class Revision:
             revision=script.revision,
             schema=schema,
             message=script.doc,
-            path=Path(script.path),
+            file=str(script.path),
             down_revisions=_as_tuple(script.down_revision),
             depends_on=_as_tuple(script.dependencies),
             create_date=found.group(1) if found else None,
@@ -120,7 +125,7 @@ class MigrationProject:
                 revision=f.revision,
                 schema=f.schema,
                 message=f.message or "",
-                path=Path(f.path),
+                file=f.path,
                 down_revisions=f.down_revisions,
                 depends_on=f.depends_on,
                 create_date=f.create_date,
@@ -162,7 +167,9 @@ class MigrationProject:
                     f"{'no' if not matches else 'more than one'} revision"
                 )
             resolved.append(matches[0])
-        self._by_id[revision.revision] = dataclasses.replace(revision, depends_on=tuple(resolved))
+        if resolved != list(revision.depends_on):  # most name full ids: nothing to replace
+            resolved_revision = dataclasses.replace(revision, depends_on=tuple(resolved))
+            self._by_id[revision.revision] = resolved_revision
 
     def _check_acyclic(self) -> None:
         """Depth-first search with a stack of its own: no recursion limit on long chains."""
@@ -202,7 +209,8 @@ class MigrationProject:
             for d in r.down_revisions:
                 if d in by_id:
                     children.setdefault(d, []).append(r.revision)
-        ready = [(r.path.name, r.revision) for r in revisions if not waiting[r.revision]]
+        name = {r.revision: os.path.basename(r.file) for r in revisions}
+        ready = [(name[r.revision], r.revision) for r in revisions if not waiting[r.revision]]
         heapq.heapify(ready)
         done: list[Revision] = []
         while ready:
@@ -211,7 +219,7 @@ class MigrationProject:
             for child in children.get(rid, ()):
                 waiting[child] -= 1
                 if not waiting[child]:
-                    heapq.heappush(ready, (by_id[child].path.name, child))
+                    heapq.heappush(ready, (name[child], child))
         return done  # complete: _check_acyclic ran first
 
     def _check_single_head(self, schema: str, revisions: list[Revision]) -> None:

@@ -215,7 +215,8 @@ def read_revision_files(histories: Iterable[History]) -> list[RevisionFile]:
         cached = _load_cache(cache_path)
         fresh: dict[str, dict] = {}
         for schema, path in entries:
-            data = Path(path).read_bytes()
+            with open(path, "rb") as handle:
+                data = handle.read()
             checksum = hashlib.sha256(data).hexdigest()
             known = cached.get(checksum)
             if known is not None and known["schema"] == schema:
