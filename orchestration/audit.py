@@ -15,6 +15,8 @@ catalog query, DDL only when something must change) and kept on the connection:
   ConfigurationError, before anything is changed.
 
 The insert SQL of each layout is built once; a step's row costs what it did before.
+Importing this module imports no SQLAlchemy (verify's fast path writes its row with
+psycopg2 alone): the functions that build SQLAlchemy objects import it.
 """
 
 from __future__ import annotations
@@ -25,12 +27,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
-from typing import Any
-
-import sqlalchemy as sa
+from typing import TYPE_CHECKING, Any
 
 from dagster_alembic import catalog
 from dagster_alembic.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
 
 TABLE_NAME = "alembic_version_history"
 
@@ -87,6 +90,7 @@ class AuditRow:
 @cache
 def audit_table(schema: str) -> sa.Table:
     """The table's definition in ``schema`` (one MetaData each: the schema is configurable)."""
+    import sqlalchemy as sa
     from sqlalchemy.dialects.postgresql import JSONB
 
     return sa.Table(
@@ -272,6 +276,12 @@ def _found(tables: Any) -> dict[str, _Found]:
         )
         for name, t in (tables or {}).items()
     }
+
+
+def probed_layout(schema: str, probe: Any) -> Layout:
+    """The layout of the table the probe (``SELECT`` of _INSPECT) found, as ensure_table
+    classifies it; a table we cannot use is a ConfigurationError."""
+    return _classify(schema, _found(probe).get(TABLE_NAME))
 
 
 def _unusable(schema: str, table: str, why: str) -> ConfigurationError:
@@ -488,53 +498,70 @@ def insert_row(conn: sa.Connection, layout: Layout | str, row: AuditRow) -> Audi
     """Insert ``row`` on ``conn`` (inside the caller's transaction); fill in id and time.
     ``layout`` as a schema name: the layout ensure_table found on ``conn``."""
     found = layout_of(conn, layout) if isinstance(layout, str) else layout
-    values = _values(row)
     # The DBAPI cursor: one round trip, without SQLAlchemy's per-statement bookkeeping.
     # SQLAlchemy must know a transaction is open, or the caller's commit() would do nothing.
     if not conn.in_transaction():
         conn.begin()
     cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     try:
-        cursor.execute(found.insert_sql(), values)
-        inserted = cursor.fetchone()
-        assert inserted is not None  # RETURNING always gives the row
-        row.id, row.changed_at = inserted
+        return insert_with(cursor, found, row)
     finally:
         cursor.close()
+
+
+def insert_with(cursor: Any, layout: Layout, row: AuditRow) -> AuditRow:
+    """insert_row on a DB-API cursor, in its connection's transaction."""
+    cursor.execute(layout.insert_sql(), _values(row))
+    inserted = cursor.fetchone()
+    assert inserted is not None  # RETURNING always gives the row
+    row.id, row.changed_at = inserted
     return row
 
 
 # --- reading -------------------------------------------------------------------------------
-
-_TYPES: dict[str, Any] = {
-    "squawk_ignore": sa.JSON,
-    "id": sa.BigInteger,
-    "changed_at": sa.DateTime(timezone=True),
-    "duration_ms": sa.Float,
-    "success": sa.Boolean,
-}
 
 
 @cache
 def _history(layout: Layout) -> sa.FromClause:
     """Our columns, whatever the layout: the table itself when it is complete, else a
     subquery that maps Audit-Alembic's columns to ours and fills what is missing."""
+    import sqlalchemy as sa
+
     if layout.kind == OWN and layout.complete:
         return audit_table(layout.schema)
+    types: dict[str, Any] = {
+        "squawk_ignore": sa.JSON,
+        "id": sa.BigInteger,
+        "changed_at": sa.DateTime(timezone=True),
+        "duration_ms": sa.Float,
+        "success": sa.Boolean,
+    }
+    text = sa.text(_history_select(layout))
+    typed = [sa.column(name, types.get(name, sa.String)) for name in _history_columns()]
+    return text.columns(*typed).subquery(TABLE_NAME)
+
+
+def _history_columns() -> tuple[str, ...]:
+    return ("id", *_STORED, "changed_at")
+
+
+@cache
+def _history_select(layout: Layout) -> str:
+    """_history's driver SQL: the layout's rows with our columns, in _history_columns()
+    order."""
 
     def have(name: str) -> bool:
         return name in layout.columns
 
-    from sqlalchemy.dialects import postgresql
-
-    types = audit_table(layout.schema).c
-
     def column(name: str) -> str:
         if have(name):
             return name
-        return f"CAST(NULL AS {types[name].type.compile(dialect=postgresql.dialect())})"
+        from sqlalchemy.dialects import postgresql  # a column missing: not a complete table
 
-    expressions = {name: column(name) for name in ("id", *_STORED, "changed_at")}
+        type_ = audit_table(layout.schema).c[name].type
+        return f"CAST(NULL AS {type_.compile(dialect=postgresql.dialect())})"
+
+    expressions = {name: column(name) for name in _history_columns()}
     if layout.kind == AUDIT_ALEMBIC:
         for name in ("alembic_version", "prev_alembic_version"):
             expressions[name] = f"NULLIF(replace({name}, '##', ','), '')"
@@ -557,9 +584,7 @@ def _history(layout: Layout) -> sa.FromClause:
     if layout.naive_time:
         expressions["changed_at"] = "changed_at AT TIME ZONE 'UTC'"
     select = ", ".join(f"{sql} AS {name}" for name, sql in expressions.items())
-    text = sa.text(f"SELECT {select} FROM {_qualified(layout.schema)}")
-    typed = [sa.column(name, _TYPES.get(name, sa.String)) for name in expressions]
-    return text.columns(*typed).subquery(TABLE_NAME)
+    return f"SELECT {select} FROM {_qualified(layout.schema)}"
 
 
 def history_table(conn: sa.Connection, schema: str) -> sa.FromClause | None:
@@ -570,6 +595,8 @@ def history_table(conn: sa.Connection, schema: str) -> sa.FromClause | None:
 
 
 def table_exists(conn: sa.Connection, schema: str) -> bool:
+    import sqlalchemy as sa
+
     return sa.inspect(conn).has_table(TABLE_NAME, schema=schema)
 
 
@@ -583,6 +610,8 @@ def recent_rows(
 ) -> list[AuditRow]:
     """The newest rows first, optionally for some schemas only (rows that name no schema,
     as Audit-Alembic's, belong to every schema's history)."""
+    import sqlalchemy as sa
+
     table = history_table(conn, schema)
     if table is None:
         return []
@@ -607,17 +636,19 @@ def applied_checksums(conn: sa.Connection, schema: str, schema_name: str) -> dic
 
     The table must exist (ensure_table): its layout is the one found then, no query.
     """
-    layout = layout_of(conn, schema)
+    return applied_checksums_in(conn, layout_of(conn, schema), schema_name)
+
+
+def applied_checksums_in(
+    conn: catalog.Reader, layout: Layout, schema_name: str
+) -> dict[str, str | None]:
+    """applied_checksums for a layout known (verify's fast path: from its probe), on a
+    SQLAlchemy Connection or a DB-API cursor."""
     if layout.kind is None:
         return {}
-    table = _history(layout)
-    query = (
-        sa.select(table.c.alembic_version, table.c.revision_checksum)
-        .where(
-            table.c.schema_name == schema_name,
-            table.c.operation.in_((MIGRATION, BASELINE)),
-            table.c.success.is_(True),
-        )
-        .order_by(table.c.id)
+    sql = (
+        f"SELECT alembic_version, revision_checksum FROM ({_history_select(layout)}) AS h "
+        f"WHERE schema_name = %(schema_name)s AND operation IN ('{MIGRATION}', '{BASELINE}') "
+        "AND success IS true ORDER BY id"
     )
-    return {version: checksum for version, checksum in conn.execute(query)}
+    return dict(catalog.rows(conn, sql, {"schema_name": schema_name}))

@@ -2,6 +2,9 @@
 
 A snapshot is taken after every run for each schema the run changed, keyed by the schema's
 revision; verify compares the live catalog with the snapshot of the revision it is at.
+
+The reads take a SQLAlchemy Connection or a DB-API cursor (psycopg2's, for verify's fast
+path), with the same driver SQL: importing this module imports no SQLAlchemy.
 """
 
 from __future__ import annotations
@@ -9,9 +12,10 @@ from __future__ import annotations
 import json
 import re
 from functools import cache
+from typing import TYPE_CHECKING, Any
 
-import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import JSONB
+if TYPE_CHECKING:
+    import sqlalchemy as sa
 
 SNAPSHOT_TABLE = "alembic_schema_snapshot"
 # The layout of this project's tables (this one and audit.TABLE_NAME) in this release: the
@@ -34,12 +38,12 @@ SELECT jsonb_build_object(
              WHEN 'r' THEN 'table' WHEN 'p' THEN 'table' WHEN 'v' THEN 'view'
              WHEN 'm' THEN 'materialized view' WHEN 'S' THEN 'sequence' ELSE 'foreign table' END)
       FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-     WHERE n.nspname = :schema AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
-       AND NOT c.relname = ANY(:own)
+     WHERE n.nspname = %(schema)s AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
+       AND NOT c.relname = ANY(%(own)s)
        -- nor the sequences our tables own (the audit table's identity)
        AND NOT EXISTS (SELECT 1 FROM pg_depend d JOIN pg_class t ON t.oid = d.refobjid
                         WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
-                          AND d.deptype IN ('a', 'i') AND t.relname = ANY(:own))),
+                          AND d.deptype IN ('a', 'i') AND t.relname = ANY(%(own)s))),
      '{}'::jsonb),
   'columns', COALESCE((
     SELECT jsonb_object_agg(c.relname || '.' || a.attname,
@@ -47,24 +51,24 @@ SELECT jsonb_build_object(
              || CASE WHEN a.attnotnull THEN ' not null' ELSE '' END)
       FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
       JOIN pg_namespace n ON n.oid = c.relnamespace
-     WHERE n.nspname = :schema AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
-       AND a.attnum > 0 AND NOT a.attisdropped AND NOT c.relname = ANY(:own)), '{}'::jsonb),
+     WHERE n.nspname = %(schema)s AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
+       AND a.attnum > 0 AND NOT a.attisdropped AND NOT c.relname = ANY(%(own)s)), '{}'::jsonb),
   'indexes', COALESCE((
     SELECT jsonb_object_agg(ic.relname, pg_get_indexdef(i.indexrelid))
       FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
       JOIN pg_class tc ON tc.oid = i.indrelid JOIN pg_namespace n ON n.oid = ic.relnamespace
-     WHERE n.nspname = :schema AND NOT tc.relname = ANY(:own)), '{}'::jsonb),
+     WHERE n.nspname = %(schema)s AND NOT tc.relname = ANY(%(own)s)), '{}'::jsonb),
   'constraints', COALESCE((
     SELECT jsonb_object_agg(c.relname || '.' || k.conname, pg_get_constraintdef(k.oid))
       FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid
       JOIN pg_namespace n ON n.oid = k.connamespace
-     WHERE n.nspname = :schema AND NOT c.relname = ANY(:own)), '{}'::jsonb)
+     WHERE n.nspname = %(schema)s AND NOT c.relname = ANY(%(own)s)), '{}'::jsonb)
 )
 """
 _INVALID_INDEXES = """
 SELECT ic.relname FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
   JOIN pg_namespace n ON n.oid = ic.relnamespace
- WHERE n.nspname = :schema AND NOT i.indisvalid ORDER BY 1
+ WHERE n.nspname = %(schema)s AND NOT i.indisvalid ORDER BY 1
 """
 _KINDS = {
     "r": "table",
@@ -76,10 +80,31 @@ _KINDS = {
 }
 
 
-def snapshot(conn: sa.Connection, schema: str) -> Snapshot:
-    """The schema's relations, columns, indexes and constraints, as plain strings."""
-    value = conn.scalar(sa.text(_SNAPSHOT), {"schema": schema, "own": list(_OWN_TABLES)})
+Reader = Any  # a SQLAlchemy Connection, or a DB-API cursor
+
+
+def rows(conn: Reader, sql: str, parameters: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """The rows of driver SQL (psycopg2's ``%(name)s`` parameters) on a SQLAlchemy
+    Connection (exec_driver_sql: the values are the driver's either way) or a cursor."""
+    execute = getattr(conn, "exec_driver_sql", None)
+    if execute is not None:
+        return [tuple(row) for row in execute(sql, parameters)]
+    conn.execute(sql, parameters)
+    return list(conn.fetchall())
+
+
+def _json(value: Any) -> Snapshot:
     return json.loads(value) if isinstance(value, str) else dict(value)
+
+
+def snapshot(conn: Reader, schema: str) -> Snapshot:
+    """The schema's relations, columns, indexes and constraints, as plain strings."""
+    [(value,)] = rows(conn, _SNAPSHOT, {"schema": schema, "own": list(_OWN_TABLES)})
+    return _json(value)
+
+
+def schema_exists(conn: Reader, schema: str) -> bool:
+    return bool(rows(conn, "SELECT 1 FROM pg_namespace WHERE nspname = %(s)s", {"s": schema}))
 
 
 def diff(expected: Snapshot, live: Snapshot) -> list[str]:
@@ -118,13 +143,16 @@ def carry(expected: Snapshot, before: Snapshot, after: Snapshot) -> Snapshot:
     return carried
 
 
-def invalid_indexes(conn: sa.Connection, schema: str) -> list[str]:
+def invalid_indexes(conn: Reader, schema: str) -> list[str]:
     """Indexes left INVALID, e.g. by a failed CREATE INDEX CONCURRENTLY."""
-    return list(conn.scalars(sa.text(_INVALID_INDEXES), {"schema": schema}))
+    return [name for (name,) in rows(conn, _INVALID_INDEXES, {"schema": schema})]
 
 
 @cache
 def snapshot_table(audit_schema: str) -> sa.Table:
+    import sqlalchemy as sa
+    from sqlalchemy.dialects.postgresql import JSONB
+
     return sa.Table(
         SNAPSHOT_TABLE,
         sa.MetaData(),
@@ -186,13 +214,11 @@ def save(
 ) -> None:
     """Store ``expected`` as the reference of ``schema`` at ``revision``."""
     conn.exec_driver_sql(create_sql(audit_schema))
-    conn.execute(
-        sa.text(
-            f'INSERT INTO "{audit_schema}".{SNAPSHOT_TABLE} (schema_name, revision, snapshot) '
-            "VALUES (:schema, :revision, CAST(:snapshot AS jsonb)) "
-            "ON CONFLICT (schema_name, revision) DO UPDATE "
-            "SET snapshot = EXCLUDED.snapshot, taken_at = now()"
-        ),
+    conn.exec_driver_sql(
+        f'INSERT INTO "{audit_schema}".{SNAPSHOT_TABLE} (schema_name, revision, snapshot) '
+        "VALUES (%(schema)s, %(revision)s, CAST(%(snapshot)s AS jsonb)) "
+        "ON CONFLICT (schema_name, revision) DO UPDATE "
+        "SET snapshot = EXCLUDED.snapshot, taken_at = now()",
         {"schema": schema, "revision": revision or BASE, "snapshot": json.dumps(expected)},
     )
 
@@ -202,17 +228,14 @@ def save_live(conn: sa.Connection, audit_schema: str, schema: str, revision: str
     save(conn, audit_schema, schema, revision, snapshot(conn, schema))
 
 
-def load(
-    conn: sa.Connection, audit_schema: str, schema: str, revision: str | None
-) -> Snapshot | None:
+def load(conn: Reader, audit_schema: str, schema: str, revision: str | None) -> Snapshot | None:
     """The reference stored for ``schema`` at ``revision``, None when there is none."""
     where = f'"{audit_schema}".{SNAPSHOT_TABLE}'
-    if conn.scalar(sa.text("SELECT to_regclass(:t) IS NULL"), {"t": where}):
+    if rows(conn, "SELECT 1 WHERE to_regclass(%(t)s) IS NULL", {"t": where}):
         return None
-    value = conn.scalar(
-        sa.text(f"SELECT snapshot FROM {where} WHERE schema_name = :schema AND revision = :rev"),
+    found = rows(
+        conn,
+        f"SELECT snapshot FROM {where} WHERE schema_name = %(schema)s AND revision = %(rev)s",
         {"schema": schema, "rev": revision or BASE},
     )
-    if value is None:
-        return None
-    return json.loads(value) if isinstance(value, str) else dict(value)
+    return _json(found[0][0]) if found else None

@@ -435,15 +435,24 @@ def cmd_downgrade(project: MigrationProject, args: argparse.Namespace) -> int:
 
 def cmd_verify(project: MigrationProject, args: argparse.Namespace) -> int:
     results = promotion.verify(project, args.env, args.schema)
-    ok = all(r.ok for r in results)
     if args.json:
-        _print_json({"environment": args.env, "ok": ok, "schemas": [r.to_dict() for r in results]})
-        return EXIT_OK if ok else EXIT_FAILED
+        _print_json(_verify_document(args.env, results))
+    else:
+        print(_verify_text(args.env, results))
+    return EXIT_OK if all(r.ok for r in results) else EXIT_FAILED
+
+
+def _verify_document(env: str, results: Sequence[Any]) -> dict[str, Any]:
+    ok = all(r.ok for r in results)
+    return {"environment": env, "ok": ok, "schemas": [r.to_dict() for r in results]}
+
+
+def _verify_text(env: str, results: Sequence[Any]) -> str:
+    lines = []
     for r in results:
-        print(f"{'PASS' if r.ok else 'FAIL'} {args.env}/{r.schema} at {_short(r.current)}")
-        for f in r.findings:
-            print(f"     {f.severity}: {f.message}")
-    return EXIT_OK if ok else EXIT_FAILED
+        lines.append(f"{'PASS' if r.ok else 'FAIL'} {env}/{r.schema} at {_short(r.current)}")
+        lines += [f"     {f.severity}: {f.message}" for f in r.findings]
+    return "\n".join(lines)
 
 
 def cmd_baseline(project: MigrationProject, args: argparse.Namespace) -> int:
@@ -783,7 +792,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, _interrupted_by_sigterm)
     token = None
     try:
-        fast = _fast(argv, stdout, stderr)
+        try:
+            fast = _fast(argv, stdout, stderr)
+        except KeyboardInterrupt:  # nothing committed: verify's row is written at its end
+            print("migrate: interrupted", file=stderr)
+            return 130
         if fast.code is not None:
             return fast.code
         _import_engine()
@@ -824,14 +837,15 @@ class _FastAnswer:
 
 
 def _fast(argv: Sequence[str] | None, stdout: IO[str], stderr: IO[str]) -> _FastAnswer:
-    """`migrate status`, and `migrate upgrade` with nothing to do, from cached settings,
-    the scan cache and psycopg2 alone (fastpath.py); anything else is the full path's."""
+    """`migrate status`, `migrate upgrade` with nothing to do, and `migrate verify` in the
+    first environment, from cached settings, the scan cache and psycopg2 alone
+    (fastpath.py); anything else is the full path's."""
     try:
         args = build_parser(_QuietParser).parse_args(argv)
     except _NotFast:
         return _FastAnswer()
     upgrade = args.command == "upgrade"
-    if args.command != "status" and not upgrade:
+    if args.command not in ("status", "upgrade", "verify"):
         return _FastAnswer()
     cache = fastpath.cached(args.config)
     if cache is None:
@@ -841,14 +855,19 @@ def _fast(argv: Sequence[str] | None, stdout: IO[str], stderr: IO[str]) -> _Fast
     # Head in the first environment, or --to head: later environments follow promotion.
     if upgrade and not (args.to == "head" or (args.to is None and args.env == names[0])):
         return _FastAnswer()
+    if args.command == "verify" and args.env != names[0]:
+        return _FastAnswer()  # promotion.verify: what the environment before verified
+    writes = args.command != "status"  # its audit tables must be as ensure_table leaves them
     try:
         if args.env not in names:
             return _FastAnswer()
         project = MigrationProject(settings)
         schemas = project.select_schemas(args.schema)
         where = fastpath.target(settings, args.env)
-        if where is None or (upgrade and cache.audit_probe is None):
-            return _FastAnswer(settings=settings if upgrade else None, project=project)
+        if where is None or (writes and cache.audit_probe is None):
+            return _FastAnswer(settings=settings if writes else None, project=project)
+        if args.command == "verify":
+            return _fast_verify(args, cache, project, schemas, where, stdout)
         database = fastpath.read_database(
             settings, where, probe=cache.audit_probe if upgrade else None, lock=upgrade
         )
@@ -890,6 +909,32 @@ def _fast(argv: Sequence[str] | None, stdout: IO[str], stderr: IO[str]) -> _Fast
     stdout.flush()
     stderr.write(err)  # after the first line, which names the target (as the full path)
     return _FastAnswer(EXIT_OK)
+
+
+def _fast_verify(
+    args: argparse.Namespace,
+    cache: Any,
+    project: MigrationProject,
+    schemas: list[str],
+    where: fastpath.Target,
+    stdout: IO[str],
+) -> _FastAnswer:
+    """verify on the fast path: its rows are committed once its output is known to be the
+    full path's (no text to mask), so that declining never leaves a row behind."""
+    with fastpath.session(where) as cur:
+        verified = fastpath.verify(cur, cache, project, schemas, args.env)
+        if verified.results is None:
+            return _FastAnswer(settings=cache.settings, probe=verified.probe, project=project)
+        if args.json:
+            out = _json_text(_verify_document(args.env, verified.results), where.display)
+        else:
+            out = f"{args.env}: {where.display}\n{_verify_text(args.env, verified.results)}"
+        if fastpath.needs_masking(out.replace(where.display, ""), where):
+            return _FastAnswer(project=project)  # rolled back: the full path verifies
+        cur.connection.commit()
+    stdout.write(out + "\n")
+    stdout.flush()
+    return _FastAnswer(EXIT_OK if all(r.ok for r in verified.results) else EXIT_FAILED)
 
 
 def _json_text(data: dict[str, Any], shown: str) -> str:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
-from dagster_alembic import audit, catalog
+from dagster_alembic import audit, catalog, verification
 from dagster_alembic.errors import ConfigurationError, DataLossRefused, MigrationError
 from dagster_alembic.revisions import MigrationProject, Revision, SchemaStatus
 from dagster_alembic.sessions import advisory_lock, create_engine, error_text
@@ -95,49 +95,9 @@ class RunResult:
         }
 
 
-@dataclass(frozen=True)
-class VerifyFinding:
-    """One thing verify found wrong (severity error) or worth saying (warning)."""
-
-    check: str
-    message: str
-    severity: str = "error"
-    revision: str | None = None
-
-    def to_dict(self) -> dict:
-        return {
-            "check": self.check,
-            "severity": self.severity,
-            "message": self.message,
-            "revision": self.revision,
-        }
-
-
-@dataclass
-class VerifyResult:
-    environment: str
-    schema: str
-    current: str | None
-    head: str | None
-    findings: list[VerifyFinding]
-    audit_id: int | None = None
-    duration_ms: float | None = None
-
-    @property
-    def ok(self) -> bool:
-        return not any(f.severity == "error" for f in self.findings)
-
-    def to_dict(self) -> dict:
-        return {
-            "environment": self.environment,
-            "schema": self.schema,
-            "ok": self.ok,
-            "current": self.current,
-            "head": self.head,
-            "findings": [f.to_dict() for f in self.findings],
-            "audit_id": self.audit_id,
-            "duration_ms": self.duration_ms,
-        }
+# Verify's results (verification.py): one implementation for the full and the fast path.
+VerifyFinding = verification.VerifyFinding
+VerifyResult = verification.VerifyResult
 
 
 # --- connecting --------------------------------------------------------------------------
@@ -582,100 +542,6 @@ def downgrade(
 # --- verify ------------------------------------------------------------------------------
 
 
-def _verify_schema(
-    project: MigrationProject,
-    conn: sa.Connection,
-    st: SchemaStatus,
-    db_heads: tuple[str, ...],
-    expect_head: bool,
-) -> list[VerifyFinding]:
-    findings: list[VerifyFinding] = []
-    if expect_head and not st.at_head:
-        findings.append(
-            VerifyFinding(
-                "at_head",
-                f"{st.schema} is at {st.current or 'base'}, head is {st.head}: "
-                f"{len(st.pending)} revision(s) pending",
-            )
-        )
-    for head in db_heads:
-        if project.revision(head) is None:
-            findings.append(
-                VerifyFinding(
-                    "missing_file",
-                    f"revision {head} is applied in the database but its file is missing",
-                    revision=head,
-                )
-            )
-    recorded = audit.applied_checksums(conn, project.settings.audit_schema, st.schema)
-    for revision in project.revisions(st.schema):
-        if revision in st.pending:
-            continue
-        if revision.revision not in recorded:
-            findings.append(
-                VerifyFinding(
-                    "checksum",
-                    f"{revision.revision} ({revision.path.name}) has no audit record to check",
-                    severity="warning",
-                    revision=revision.revision,
-                )
-            )
-        elif recorded[revision.revision] != revision.checksum:  # read by this command
-            findings.append(
-                VerifyFinding(
-                    "checksum",
-                    f"{revision.path.name} (revision {revision.revision}) was edited after it "
-                    "was applied: its checksum differs from the audit record",
-                    revision=revision.revision,
-                )
-            )
-    findings.extend(_drift(project, conn, st))
-    findings.extend(_revision_hooks(project, conn, st))
-    return findings
-
-
-def _drift(project: MigrationProject, conn: sa.Connection, st: SchemaStatus) -> list[VerifyFinding]:
-    """The live catalog against the snapshot taken when the schema reached its revision."""
-    findings = [
-        VerifyFinding(
-            "invalid_index",
-            f"index {st.schema}.{name} is INVALID (a failed CREATE INDEX CONCURRENTLY?): "
-            "drop it and run the revision again",
-        )
-        for name in catalog.invalid_indexes(conn, st.schema)
-    ]
-    if st.current is not None and not conn.scalar(
-        sa.text("SELECT count(*) FROM pg_namespace WHERE nspname = :s"), {"s": st.schema}
-    ):
-        # Revisions applied, yet no such schema: the history manages another one, and
-        # drift would be checked on nothing.
-        findings.append(
-            VerifyFinding(
-                "schema",
-                f"schema {st.schema} does not exist though {st.current} is applied: its "
-                "revisions manage another schema; say which in migrate.toml, [schemas] "
-                '"<folder>" = "<schema>"',
-            )
-        )
-    expected = catalog.load(conn, project.settings.audit_schema, st.schema, st.current)
-    if expected is None:
-        findings.append(
-            VerifyFinding(
-                "drift",
-                f"no baseline of {st.schema} at {st.current or 'base'}: drift not checked "
-                "(`migrate baseline` records the schema as it is now as the reference)",
-                severity="warning",
-            )
-        )
-    else:
-        live = catalog.snapshot(conn, st.schema)
-        findings += [
-            VerifyFinding("drift", f"{st.schema}: {d}") for d in catalog.diff(expected, live)
-        ]
-    conn.rollback()
-    return findings
-
-
 def _revision_hooks(
     project: MigrationProject, conn: sa.Connection, st: SchemaStatus
 ) -> list[VerifyFinding]:
@@ -704,33 +570,6 @@ def _revision_hooks(
     return findings
 
 
-def _standing_row(
-    operation: str,
-    schema: str,
-    revision: str | None,
-    environment: str,
-    executed_by: str | None,
-    run_id: str | None,
-    *,
-    success: bool = True,
-    **columns: object,
-) -> audit.AuditRow:
-    """An audit row for a step that moves nothing (verify, baseline): from and to are the
-    revision the schema stands at."""
-    return audit.AuditRow(
-        operation=operation,
-        alembic_version=revision,
-        prev_alembic_version=revision,
-        operation_direction=None,
-        schema_name=schema,
-        environment=environment,
-        success=success,
-        executed_by=executed_by,
-        run_id=run_id,
-        **columns,  # type: ignore[arg-type]
-    )
-
-
 def verify(
     project: MigrationProject,
     environment: str,
@@ -752,24 +591,17 @@ def verify(
         executed_by = conn.scalar(sa.text("SELECT current_user"))
         conn.commit()
         db_heads = _db_heads(conn, project.settings)
+        layout = audit.layout_of(conn, project.settings.audit_schema)
         for st in project.statuses(db_heads, selected):
             started = time.perf_counter()
-            findings = _verify_schema(project, conn, st, db_heads, expect_head)
-            result = VerifyResult(environment, st.schema, st.current, st.head, findings)
-            result.duration_ms = round((time.perf_counter() - started) * 1000, 3)
-            errors = [f.message for f in findings if f.severity == "error"]
-            row = _standing_row(
-                audit.VERIFY,
-                st.schema,
-                st.current,
-                environment,
-                executed_by,
-                run_id,
-                success=result.ok,
-                duration_ms=result.duration_ms,
-                error="; ".join(errors)[:4000] or None,
+            found = verification.findings(
+                conn, project, st, db_heads, expect_head=expect_head, layout=layout
             )
-            result.audit_id = audit.insert_row(conn, project.settings.audit_schema, row).id
+            conn.rollback()  # the reads' transaction: each hook begins its own
+            found += _revision_hooks(project, conn, st)
+            result = verification.result(environment, st, found, started)
+            row = verification.audit_row(result, executed_by, run_id)
+            result.audit_id = audit.insert_row(conn, layout, row).id
             conn.commit()
             results.append(result)
     return results
@@ -828,7 +660,7 @@ def baseline(
             if st.current is not None and all(r.revision != st.current for r in anew):
                 anew.append(next(r for r in applied if r.revision == st.current))
             rows = [
-                _standing_row(
+                verification.standing_row(
                     audit.BASELINE,
                     st.schema,
                     r.revision,
@@ -839,7 +671,11 @@ def baseline(
                     revision_checksum=r.checksum,
                 )
                 for r in anew
-            ] or [_standing_row(audit.BASELINE, st.schema, None, environment, executed_by, run_id)]
+            ] or [
+                verification.standing_row(
+                    audit.BASELINE, st.schema, None, environment, executed_by, run_id
+                )
+            ]
             ids = [audit.insert_row(conn, audit_schema, row).id for row in rows]
             catalog.save(conn, audit_schema, st.schema, st.current, live)
             conn.commit()

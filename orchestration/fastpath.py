@@ -1,4 +1,5 @@
-"""`migrate status` and a no-op `migrate upgrade` without Alembic or SQLAlchemy.
+"""`migrate status`, a no-op `migrate upgrade` and `migrate verify` without Alembic or
+SQLAlchemy.
 
 The everyday deploy finds little or nothing to do, yet importing Alembic, SQLAlchemy and
 every revision module costs most of a run. This module answers from what is already on
@@ -13,7 +14,9 @@ Kept identical to the slow path, and pinned by tests/test_fastpath.py: the setti
 every revision file read and checked (MigrationProject, as the slow path builds it), the
 connection (libpq options carry lock_timeout and statement_timeout, application_name),
 the migration lock taken while the heads are read, the audit tables' layout (accepted only
-when ensure_table found nothing to change for the same catalog), the output.
+when ensure_table found nothing to change for the same catalog), the output. Verify's
+checks and audit row are verification.py's, the full path's own code, run on a psycopg2
+cursor; its row is committed only once its output is known to print as the full path's.
 """
 
 from __future__ import annotations
@@ -26,14 +29,19 @@ import pickle
 import re
 import sys
 import tempfile
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, quote_plus, unquote, unquote_plus
 
 from dagster_alembic.errors import ConfigurationError
 from dagster_alembic.revisions import MigrationProject
 from dagster_alembic.settings import ProjectSettings, find_alembic_ini_path
+
+if TYPE_CHECKING:
+    from dagster_alembic.verification import VerifyResult
 
 # sessions.LOCK_KEY (pinned by a test): importing sessions would import SQLAlchemy.
 LOCK_KEY = int.from_bytes(hashlib.sha256(b"alembic-dagster-pipeline").digest()[:8], "big") >> 1
@@ -367,3 +375,71 @@ def nothing_to_upgrade(
 def audit_ready(cache: _Cache, probe: Any) -> bool:
     """Whether ensure_table found nothing to change for this very catalog before."""
     return _probe_fingerprint(cache.settings, probe) in cache.accepted
+
+
+# --- verify --------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def session(where: Target) -> Iterator[Any]:
+    """A cursor on the environment's database in one transaction, which the caller commits;
+    rolled back if the block ends otherwise. A database error: Declined (nothing written)."""
+    import psycopg2
+
+    try:
+        conn = psycopg2.connect(**where.connect)
+    except psycopg2.OperationalError as exc:
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise Unreachable(
+            f"cannot connect to the {where.environment} database {where.display}: {first}"
+        ) from None
+    try:
+        with conn.cursor() as cur:
+            yield cur
+    except psycopg2.Error as exc:
+        raise Declined(type(exc).__name__) from None
+    finally:
+        conn.close()  # without a commit, what was written is rolled back
+
+
+@dataclass
+class Verified:
+    """verify's outcome on the fast path: the results, their rows written and not yet
+    committed; or None where the full path must verify, with the audit tables' probe (None
+    when not read) for it to learn from."""
+
+    results: list[VerifyResult] | None
+    probe: Any = None
+
+
+def verify(
+    cur: Any, cache: _Cache, project: MigrationProject, schemas: list[str], environment: str
+) -> Verified:
+    """engine.verify of the first environment (head expected), on ``cur``."""
+    from dagster_alembic import audit, verification
+
+    settings = cache.settings
+    if any(r.defines_verify for s in schemas for r in project.revisions(s)):
+        return Verified(None)  # a verify(connection) hook takes a SQLAlchemy connection
+    assert cache.audit_probe is not None
+    cur.execute(
+        f"SELECT current_user, {cache.audit_probe}, to_regclass(%(version)s) IS NOT NULL",
+        {"migrate_audit_schema": settings.audit_schema, "version": settings.version_table_sql},
+    )
+    executed_by, probe, versioned = cur.fetchone()
+    if not audit_ready(cache, probe):
+        return Verified(None, probe)  # ensure_table would change something
+    layout = audit.probed_layout(settings.audit_schema, probe)
+    heads: tuple[str, ...] = ()
+    if versioned:
+        cur.execute(f"SELECT version_num FROM {settings.version_table_sql}")
+        heads = tuple(row[0] for row in cur.fetchall())
+    results = []
+    for st in project.statuses(heads, schemas):
+        started = time.perf_counter()
+        found = verification.findings(cur, project, st, heads, expect_head=True, layout=layout)
+        result = verification.result(environment, st, found, started)
+        row = verification.audit_row(result, executed_by, None)
+        result.audit_id = audit.insert_with(cur, layout, row).id
+        results.append(result)
+    return Verified(results)

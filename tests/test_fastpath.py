@@ -234,7 +234,7 @@ def run_main(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
 def test_no_alembic_or_sqlalchemy_import(workspace, capsys):
     warm(capsys)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    for command in ("status", "upgrade"):
+    for command in ("status", "upgrade", "verify"):
         script = (
             "import sys\nfrom dagster_alembic.cli import main\n"
             f"code = main([{command!r}])\n"
@@ -352,3 +352,117 @@ def test_heads_are_read_as_alembic_reads_them(workspace):
         conn.execute(sa.text("DELETE FROM alembic_version"))
         conn.commit()
     assert both() == ((), ())
+
+
+# --- verify: the full path's checks and audit row, on psycopg2 alone ------------------------
+
+_TIMING = ("id", "changed_at", "duration_ms")
+
+
+def _row(row: sa.Row) -> dict:
+    return {k: v for k, v in row._asdict().items() if k not in _TIMING}
+
+
+def _answer(text: str) -> str:
+    """A verify answer without what differs between any two runs (time, row ids)."""
+    if not text.lstrip().startswith("{"):
+        return text
+    data = json.loads(text)
+    for schema in data["schemas"]:
+        schema.pop("duration_ms"), schema.pop("audit_id")
+    return json.dumps(data)
+
+
+def same_verify(workspace, capsys, monkeypatch, *args: str) -> tuple[int, str]:
+    """verify both ways: the same exit code and output, and the same audit rows written
+    (one per schema, each path)."""
+    before = len(workspace.audit())
+    code, out, err = fast("verify", *args)
+    assert code is not None, f"the fast path declined verify {args}"
+    fast_rows = workspace.audit()[before:]
+    slow_code, slow_out, slow_err = slow(capsys, monkeypatch, "verify", *args)
+    slow_rows = workspace.audit()[before + len(fast_rows) :]
+    assert (code, _answer(out), err) == (slow_code, _answer(slow_out), slow_err)
+    assert fast_rows and [_row(r) for r in fast_rows] == [_row(r) for r in slow_rows]
+    return code, out
+
+
+@pytest.mark.usefixtures("tcp_server")
+def test_verify_in_every_state_is_the_full_paths_answer(workspace, capsys, monkeypatch):
+    warm(capsys)
+    for _ in range(2):  # at head, twice in a row
+        code, out = same_verify(workspace, capsys, monkeypatch)
+        assert code == 0 and "PASS dev/ecommerce" in out and "PASS dev/analytics" in out
+    same_verify(workspace, capsys, monkeypatch, "--json")
+    same_verify(workspace, capsys, monkeypatch, "--schema", "analytics")
+    # changed by hand: drift, an INVALID index is not needed to see a column
+    with workspace.connect() as conn:
+        conn.execute(sa.text("ALTER TABLE ecommerce.customers ADD COLUMN nickname text"))
+        conn.commit()
+    code, out = same_verify(workspace, capsys, monkeypatch)
+    assert code == 1 and "customers.nickname exists but no migration created it" in out
+    same_verify(workspace, capsys, monkeypatch, "--json", "--schema", "ecommerce")
+    with workspace.connect() as conn:
+        conn.execute(sa.text("ALTER TABLE ecommerce.customers DROP COLUMN nickname"))
+        conn.commit()
+    # behind the files
+    new = workspace.add_revision(
+        "ecommerce",
+        "2024_09_01_0900-new000000001_x.py",
+        simple_revision("new000000001", ECOMMERCE_HEAD, "t1"),
+    )
+    code, out = same_verify(workspace, capsys, monkeypatch)
+    assert code == 1 and "1 revision(s) pending" in out
+    # ahead of the files: applied, then its file removed
+    assert main(["upgrade"]) == 0
+    capsys.readouterr()
+    new.unlink()
+    code, out = same_verify(workspace, capsys, monkeypatch)
+    assert code == 1 and "new000000001 is applied in the database but its file is missing" in out
+    new.write_text(simple_revision("new000000001", ECOMMERCE_HEAD, "t1"))
+    # an applied file edited: caught on both paths, every time
+    new.write_text(new.read_text() + "\n# edited after it was applied\n")
+    for _ in range(2):
+        code, out = same_verify(workspace, capsys, monkeypatch)
+        assert code == 1 and "was edited after it was applied" in out
+    capsys.readouterr()
+
+
+@pytest.mark.usefixtures("tcp_server")
+def test_verify_declines_where_the_full_path_must_verify(workspace, capsys, monkeypatch):
+    warm(capsys)
+    declines("verify", "--env", "staging")  # promotion: what dev verified
+    # a table we cannot use, or none: ensure_table's work; then the fast path answers
+    with workspace.connect() as conn:
+        conn.execute(sa.text("DROP TABLE alembic_version_history"))
+        conn.commit()
+    declines("verify")
+    assert main(["verify"]) == 0
+    assert fast("verify")[0] == 0
+    assert len(workspace.audit()) == 4  # two schemas, once each way; nothing else
+    # a column named so that the output would need masking: declined and rolled back
+    with workspace.connect() as conn:
+        conn.execute(sa.text("ALTER TABLE ecommerce.customers ADD COLUMN password text"))
+        conn.commit()
+    before = len(workspace.audit())
+    declines("verify")
+    assert len(workspace.audit()) == before  # no row left behind by declining
+    assert main(["verify"]) == 1 and "customers.password" in capsys.readouterr().out
+    with workspace.connect() as conn:
+        conn.execute(sa.text("ALTER TABLE ecommerce.customers DROP COLUMN password"))
+        conn.commit()
+
+
+@pytest.mark.usefixtures("tcp_server")
+def test_verify_with_a_revision_hook_takes_the_full_path(workspace, capsys):
+    warm(capsys)
+    head = next(
+        r for r in workspace.project().revisions("ecommerce") if r.revision == ECOMMERCE_HEAD
+    )
+    head.path.write_text(
+        head.path.read_text() + "\n\ndef verify(connection):\n    return 'checked by hand'\n"
+    )
+    declines("verify", "--schema", "ecommerce")
+    code, out, _ = run_main(capsys, "verify", "--schema", "ecommerce")
+    assert code == 1 and "verify(): checked by hand" in out
+    assert fast("verify", "--schema", "analytics")[0] == 0  # no hook there
