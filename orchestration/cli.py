@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 def _import_engine() -> None:
     """The engine (Alembic, SQLAlchemy), imported once the fast path has not answered:
-    `migrate status` and a no-op upgrade answer without it (fastpath.py)."""
+    `migrate status`, a no-op upgrade and verify answer without it (fastpath.py)."""
     global audit, embedded, engine, promotion, targets, urls
     from dagster_alembic import audit, embedded, engine, promotion, targets, urls
 
