@@ -794,12 +794,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         try:
             fast = _fast(argv, stdout, stderr)
-        except KeyboardInterrupt:  # nothing committed: verify's row is written at its end
+            if fast.code is not None:
+                return fast.code
+            _import_engine()
+        except KeyboardInterrupt:  # nothing committed: verify's rows are written at its end
             print("migrate: interrupted", file=stderr)
             return 130
-        if fast.code is not None:
-            return fast.code
-        _import_engine()
+        except BrokenPipeError:
+            raise
+        except Exception as exc:  # a bug on the fast path (or writing its answer)
+            _internal_error(exc, stderr)
+            return EXIT_FAILED
         sys.stdout = _Output(stdout, first_line=lambda: _target.line())
         sys.stderr = _Output(stderr)
         token = engine.on_connect.set(lambda environment, url: _target(environment, url))
@@ -819,6 +824,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         if token is not None:
             engine.on_connect.reset(token)
         sys.stdout, sys.stderr = stdout, stderr
+
+
+def _internal_error(exc: Exception, stderr: IO[str]) -> None:
+    """A bug's one line and traceback, as _run prints them, through urls.redact: every
+    password of a URL in the environment is masked (the fast path registered none)."""
+    from dagster_alembic import urls as masking
+
+    for value in os.environ.values():
+        if "://" in value or "password=" in value.lower():
+            masking.register_url(value)
+    text = f"migrate: internal error: {type(exc).__name__}: {exc}\n{traceback.format_exc()}"
+    stderr.write(masking.redact(text))
 
 
 class _FastAnswer:
@@ -867,7 +884,7 @@ def _fast(argv: Sequence[str] | None, stdout: IO[str], stderr: IO[str]) -> _Fast
         if where is None or (writes and cache.audit_probe is None):
             return _FastAnswer(settings=settings if writes else None, project=project)
         if args.command == "verify":
-            return _fast_verify(args, cache, project, schemas, where, stdout)
+            return _fast_verify(args, cache, project, schemas, where, stdout, stderr)
         database = fastpath.read_database(
             settings, where, probe=cache.audit_probe if upgrade else None, lock=upgrade
         )
@@ -891,17 +908,19 @@ def _fast(argv: Sequence[str] | None, stdout: IO[str], stderr: IO[str]) -> _Fast
         if not fastpath.audit_ready(cache, database.audit_probe):
             return _FastAnswer(settings=settings, probe=database.audit_probe, project=project)
         result = {"environment": args.env, "operation": "upgrade", "ok": True, "error": None}
-        document = {**result, "warnings": [], "steps": []}
-        out = _json_text(document, where.display) if args.json else f"{args.env}: nothing to do"
+        document: dict[str, Any] = {**result, "warnings": [], "steps": []}
+        out = f"{args.env}: nothing to do"
     else:
         warnings = project.state_warnings(database.heads or (), args.env, schemas)
         found = project.statuses(database.heads or (), schemas)
         err = "".join(f"migrate: warning: {w}\n" for w in warnings)
-        if args.json:
-            out = _json_text(_status_document(args.env, found, warnings), where.display)
-        else:
-            out = _status_text(args.env, found)
-    if not args.json:
+        document = _status_document(args.env, found, warnings)
+        out = _status_text(args.env, found)
+    if args.json:
+        if fastpath.needs_masking(document, where):
+            return _FastAnswer()
+        out = _json_text(document, where.display)
+    else:
         out = f"{args.env}: {where.display}\n{out}"
     if fastpath.needs_masking((out + err).replace(where.display, ""), where):
         return _FastAnswer()
@@ -918,20 +937,31 @@ def _fast_verify(
     schemas: list[str],
     where: fastpath.Target,
     stdout: IO[str],
+    stderr: IO[str],
 ) -> _FastAnswer:
-    """verify on the fast path: its rows are committed once its output is known to be the
+    """verify on the fast path: its rows are written once its output is known to be the
     full path's (no text to mask), so that declining never leaves a row behind."""
-    with fastpath.session(where) as cur:
-        verified = fastpath.verify(cur, cache, project, schemas, args.env)
-        if verified.results is None:
-            return _FastAnswer(settings=cache.settings, probe=verified.probe, project=project)
-        if args.json:
-            out = _json_text(_verify_document(args.env, verified.results), where.display)
-        else:
-            out = f"{args.env}: {where.display}\n{_verify_text(args.env, verified.results)}"
-        if fastpath.needs_masking(out.replace(where.display, ""), where):
-            return _FastAnswer(project=project)  # rolled back: the full path verifies
-        cur.connection.commit()
+    try:
+        with fastpath.session(where) as cur:
+            verified = fastpath.verify(cur, cache, project, schemas, args.env)
+            if verified.results is None:
+                return _FastAnswer(settings=cache.settings, probe=verified.probe, project=project)
+            body = _verify_text(args.env, verified.results)
+            if fastpath.needs_masking(body, where) or fastpath.needs_masking(
+                _verify_document(args.env, verified.results), where
+            ):
+                return _FastAnswer(project=project)  # nothing written: the full path verifies
+            fastpath.record(cur, verified, args.env)
+    except fastpath.Failed as exc:
+        message = f"migrate: failed: {exc}\n"
+        if fastpath.needs_masking(message, where):
+            return _FastAnswer(project=project)
+        stderr.write(message)
+        return _FastAnswer(EXIT_FAILED)
+    if args.json:
+        out = _json_text(_verify_document(args.env, verified.results), where.display)
+    else:
+        out = f"{args.env}: {where.display}\n{body}"
     stdout.write(out + "\n")
     stdout.flush()
     return _FastAnswer(EXIT_OK if all(r.ok for r in verified.results) else EXIT_FAILED)

@@ -8,6 +8,7 @@ timeouts and audit trail live), and returns values: dataclasses, not log lines.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import io
 import re
 import time
@@ -18,6 +19,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import psycopg2
 import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
@@ -140,7 +142,8 @@ def connect_settings(
         with conn:
             try:
                 yield conn, url
-            except sa.exc.DBAPIError as exc:  # a timeout, a lost server: the work failed
+            except (sa.exc.DBAPIError, psycopg2.Error) as exc:  # a timeout, a lost server:
+                # the work failed (psycopg2's own errors: statements on the driver's cursor)
                 raise MigrationError(f"{environment}: {error_text(exc, url)}") from None
     finally:
         engine.dispose()
@@ -553,12 +556,17 @@ def _revision_hooks(
         hook = getattr(project.module(revision), "verify", None)
         if hook is None:
             continue
-        try:
-            outcome = hook(conn)
-        except Exception as exc:
-            outcome = error_text(exc)
-        finally:
-            conn.rollback()
+        if inspect.iscoroutinefunction(hook) or not callable(hook):
+            outcome = "must be a plain function taking the connection, not " + (
+                "async" if callable(hook) else type(hook).__name__
+            )
+        else:
+            try:
+                outcome = hook(conn)
+            except Exception as exc:
+                outcome = error_text(exc)
+            finally:
+                conn.rollback()
         if outcome not in (None, True):
             findings.append(
                 VerifyFinding(
@@ -599,11 +607,13 @@ def verify(
             )
             conn.rollback()  # the reads' transaction: each hook begins its own
             found += _revision_hooks(project, conn, st)
-            result = verification.result(environment, st, found, started)
+            results.append(verification.result(environment, st, found, started))
+        # Every schema's row in one transaction once all are checked, as the fast path
+        # writes them: an interrupted verify records nothing, as it printed nothing.
+        for result in results:
             row = verification.audit_row(result, executed_by, run_id)
             result.audit_id = audit.insert_row(conn, layout, row).id
-            conn.commit()
-            results.append(result)
+        conn.commit()
     return results
 
 

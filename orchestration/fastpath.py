@@ -46,7 +46,8 @@ if TYPE_CHECKING:
 # sessions.LOCK_KEY (pinned by a test): importing sessions would import SQLAlchemy.
 LOCK_KEY = int.from_bytes(hashlib.sha256(b"alembic-dagster-pipeline").digest()[:8], "big") >> 1
 STORAGE_ENV = "DAGSTER_POSTGRES_URL"  # launcher.STORAGE_ENV: its password is masked too
-_CACHE_FORMAT = 1
+ERROR_LIMIT = 4000  # sessions._ERROR_LIMIT (pinned by a test)
+_CACHE_FORMAT = 2  # 2: the folders load_settings checked
 _HERE = Path(__file__).resolve().parent
 
 
@@ -80,6 +81,9 @@ class _Cache:
     toml: str
     audit_probe: str | None = None  # audit._INSPECT, once the slow path has run here
     accepted: tuple[str, ...] = ()  # probe results ensure_table found nothing to do for
+    # every folder load_settings checked exists (script_location, version_locations): one
+    # gone since is its ConfigurationError, which only load_settings words
+    folders: tuple[str, ...] = ()
 
 
 def _key(ini: Path, toml: Path) -> dict[str, Any]:
@@ -127,10 +131,16 @@ def remember_settings(settings: ProjectSettings) -> None:
     """After load_settings (Alembic imported): keep what it returned for these exact files
     (alembic.ini, and the migrate.toml it names or the one beside it, as load_settings)."""
     from alembic.config import Config
+    from alembic.util.pyfiles import coerce_resource_to_filename
 
     ini = settings.alembic_ini
     try:
-        named = Config(str(ini)).get_main_option("migrate_config")
+        config = Config(str(ini))
+        named = config.get_main_option("migrate_config")
+        script_location = coerce_resource_to_filename(
+            config.get_alembic_option("script_location") or ""
+        )
+        locations = config.get_version_locations_list() or []
     except Exception:  # load_settings read it a moment ago; nothing to cache if not now
         return
     toml = Path(named or ini.parent / "migrate.toml")
@@ -138,7 +148,12 @@ def remember_settings(settings: ProjectSettings) -> None:
     old = _load(ini)
     if old is not None and old.key == key:
         return
-    _save(_Cache(key, settings, str(toml)))
+    folders = (
+        str(script_location),
+        *map(str, locations),
+        *(str(h.folder) for h in settings.histories),
+    )
+    _save(_Cache(key, settings, str(toml), folders=folders))
 
 
 def cached(explicit: str | None) -> _Cache | None:
@@ -146,7 +161,7 @@ def cached(explicit: str | None) -> _Cache | None:
     settings load_settings returned for the same alembic.ini and migrate.toml bytes, or
     None; the folders it checked must still be there."""
     cache = _load(find_alembic_ini_path(explicit))
-    if cache is None or not all(h.folder.is_dir() for h in cache.settings.histories):
+    if cache is None or not all(os.path.isdir(folder) for folder in cache.folders):
         return None
     return cache
 
@@ -239,6 +254,10 @@ def target(settings: ProjectSettings, environment: str) -> Target | None:
     match = _SIMPLE_URL.match(raw)
     if match is None:
         return None
+    if match["port"] and not (
+        match["port"] == str(int(match["port"])) and 0 < int(match["port"]) < 65536
+    ):
+        return None  # "05432" is shown as 5432, port 0 means the default: the full path's
     password = unquote(match["password"]) if match["password"] is not None else None
     secrets: set[str] = set()
     for value in (*raws.values(), os.environ.get(STORAGE_ENV)):
@@ -283,12 +302,22 @@ def session_options(lock_timeout: str, statement_timeout: str) -> str:
     )
 
 
-def needs_masking(text: str, target: Target) -> bool:
-    """Whether urls.redact could change ``text``: then the slow path prints it."""
-    lowered = text.lower()
-    if "password" in lowered or "://" in text:
+# urls' patterns find the word case-insensitively as `re` does (U+017F, long s, folds to s)
+_PASSWORD_WORD = re.compile("password", re.IGNORECASE)
+
+
+def needs_masking(value: Any, target: Target) -> bool:
+    """Whether urls.redact could change ``value`` (text), or urls.redact_data any string of
+    it (a document, before JSON escapes what it holds): then the slow path prints it."""
+    if isinstance(value, dict):
+        return any(needs_masking(k, target) or needs_masking(v, target) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(needs_masking(item, target) for item in value)
+    if not isinstance(value, str):
+        return False
+    if _PASSWORD_WORD.search(value) or "://" in value:
         return True
-    return any(secret in text for secret in target.secrets)
+    return any(secret in value for secret in target.secrets)
 
 
 # --- the database: one session, psycopg2 alone --------------------------------------------
@@ -402,20 +431,40 @@ def session(where: Target) -> Iterator[Any]:
         conn.close()  # without a commit, what was written is rolled back
 
 
+class Failed(Exception):
+    """A statement the full path runs too, word for word, failed (a lock or statement
+    timeout, a missing privilege): the message is the full path's, and running it again
+    there would only wait as long a second time."""
+
+
+def _failure(environment: str, exc: Exception) -> Failed:
+    """sessions.error_text's line for a driver error, as engine.connect raises it."""
+    from dagster_alembic import audit
+
+    text = f"{type(exc).__name__}: {str(exc).strip()}"
+    return Failed(f"{environment}: {audit.printable(text)[:ERROR_LIMIT]}")
+
+
 @dataclass
 class Verified:
-    """verify's outcome on the fast path: the results, their rows written and not yet
-    committed; or None where the full path must verify, with the audit tables' probe (None
-    when not read) for it to learn from."""
+    """verify's outcome on the fast path: the results, checked and not yet recorded
+    (``record``); or None where the full path must verify, with the audit tables' probe
+    (None when not read) for it to learn from."""
 
     results: list[VerifyResult] | None
     probe: Any = None
+    layout: Any = None  # audit.Layout of the table the rows go to
+    executed_by: str | None = None
 
 
 def verify(
     cur: Any, cache: _Cache, project: MigrationProject, schemas: list[str], environment: str
 ) -> Verified:
-    """engine.verify of the first environment (head expected), on ``cur``."""
+    """engine.verify's checks of the first environment (head expected), on ``cur``. A
+    driver error past the first statement (the full path's statements, word for word) is
+    Failed, with the full path's message."""
+    import psycopg2
+
     from dagster_alembic import audit, verification
 
     settings = cache.settings
@@ -430,16 +479,32 @@ def verify(
     if not audit_ready(cache, probe):
         return Verified(None, probe)  # ensure_table would change something
     layout = audit.probed_layout(settings.audit_schema, probe)
-    heads: tuple[str, ...] = ()
-    if versioned:
-        cur.execute(f"SELECT version_num FROM {settings.version_table_sql}")
-        heads = tuple(row[0] for row in cur.fetchall())
-    results = []
-    for st in project.statuses(heads, schemas):
-        started = time.perf_counter()
-        found = verification.findings(cur, project, st, heads, expect_head=True, layout=layout)
-        result = verification.result(environment, st, found, started)
-        row = verification.audit_row(result, executed_by, None)
-        result.audit_id = audit.insert_with(cur, layout, row).id
-        results.append(result)
-    return Verified(results)
+    try:
+        heads: tuple[str, ...] = ()
+        if versioned:
+            cur.execute(f"SELECT version_num FROM {settings.version_table_sql}")
+            heads = tuple(row[0] for row in cur.fetchall())
+        results = []
+        for st in project.statuses(heads, schemas):
+            started = time.perf_counter()
+            found = verification.findings(cur, project, st, heads, expect_head=True, layout=layout)
+            results.append(verification.result(environment, st, found, started))
+    except psycopg2.Error as exc:
+        raise _failure(environment, exc) from None
+    return Verified(results, probe, layout, executed_by)
+
+
+def record(cur: Any, verified: Verified, environment: str) -> None:
+    """The `verify` row of each result, as engine.verify writes them, all committed at
+    once."""
+    import psycopg2
+
+    from dagster_alembic import audit, verification
+
+    try:
+        for result in verified.results or ():
+            row = verification.audit_row(result, verified.executed_by, None)
+            result.audit_id = audit.insert_with(cur, verified.layout, row).id
+        cur.connection.commit()
+    except psycopg2.Error as exc:
+        raise _failure(environment, exc) from None

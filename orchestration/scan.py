@@ -82,6 +82,14 @@ def read_revision_file(schema: str, path: str, data: bytes | None = None) -> Rev
         return RevisionFile(path, schema, checksum, error=f"line {exc.lineno}: {exc.msg}")
     values: dict[str, object] = {}
     functions = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+    # verify bound in any way at the top level (def, async def, an assignment, an import):
+    # whoever verifies calls it, or says why it cannot
+    bound = {
+        alias.asname or alias.name
+        for n in tree.body
+        if isinstance(n, ast.ImportFrom)
+        for alias in n.names
+    } | {n.name for n in tree.body if isinstance(n, ast.AsyncFunctionDef)}
     for node in tree.body:
         target, value = None, None
         if isinstance(node, ast.Assign) and len(node.targets) == 1:
@@ -122,7 +130,7 @@ def read_revision_file(schema: str, path: str, data: bytes | None = None) -> Rev
         depends_on=_strings(values.get("depends_on")),
         branch_labels=_strings(values.get("branch_labels")),
         create_date=found.group(1) if found else None,
-        defines_verify="verify" in functions,
+        defines_verify="verify" in functions | bound | values.keys(),
         literal_ids=literal_ids,
     )
 
@@ -198,7 +206,7 @@ CACHE_NAME = "migrate-scan.json"
 # A reading is keyed by the sha256 of the file's bytes, so it cannot go stale; the format
 # key drops every entry when RevisionFile changes shape.
 _FIELDS = tuple(f.name for f in dataclasses.fields(RevisionFile))
-_FORMAT = "3:" + ",".join(_FIELDS)  # 2: revision ids checked when read; 3: literal_ids
+_FORMAT = "4:" + ",".join(_FIELDS)  # 2: ids checked when read; 3: literal_ids; 4: verify bound
 _TUPLES = ("down_revisions", "depends_on", "branch_labels")  # JSON keeps them as lists
 
 

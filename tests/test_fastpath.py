@@ -11,13 +11,20 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from conftest import ECOMMERCE_HEAD, Workspace, simple_revision
+from conftest import (
+    ANALYTICS_HEAD,
+    ECOMMERCE_HEAD,
+    Workspace,
+    revision_file,
+    simple_revision,
+)
 
 from dagster_alembic import cli, engine, fastpath, sessions, targets, urls
 from dagster_alembic.cli import main
@@ -251,6 +258,8 @@ def test_no_alembic_or_sqlalchemy_import(workspace, capsys):
     "raw",
     [
         "postgresql://u@127.0.0.1:5432/db",
+        "postgresql://u@127.0.0.1:05432/db",  # shown as 5432 by the full path: declined
+        "postgresql://u@127.0.0.1:0/db",  # the default port for libpq: declined
         "postgres://u:secret@localhost/db",
         "postgresql+psycopg2://u:p%40ss%25w@h.example:6543/db_1",
         "postgresql://u:secret@h/db?sslmode=require",  # a query: the full path's
@@ -279,6 +288,7 @@ def test_copies_of_engine_values_stay_equal(workspace):
     settings = load_settings(None)
     env = settings.environment("dev")
     assert fastpath.LOCK_KEY == sessions.LOCK_KEY
+    assert fastpath.ERROR_LIMIT == sessions._ERROR_LIMIT
     assert fastpath.session_options(env.lock_timeout, env.statement_timeout) == (
         sessions.session_options(env)
     )
@@ -466,3 +476,169 @@ def test_verify_with_a_revision_hook_takes_the_full_path(workspace, capsys):
     code, out, _ = run_main(capsys, "verify", "--schema", "ecommerce")
     assert code == 1 and "verify(): checked by hand" in out
     assert fast("verify", "--schema", "analytics")[0] == 0  # no hook there
+
+
+def test_cached_settings_are_not_used_once_a_folder_load_settings_checked_is_gone(
+    workspace, capsys
+):
+    """Found by an adversarial session: with script_location gone, the cached settings
+    verified (exit 0, rows written) where load_settings says exit 2."""
+    warm(capsys)
+    assert fastpath.cached(None) is not None
+    ini = workspace.ini.read_text()
+    workspace.ini.write_text(
+        ini.replace("script_location = %(here)s/migrations", "script_location = %(here)s/scripts")
+        + "\nversion_locations = %(here)s/migrations/versions/ecommerce "
+        "%(here)s/migrations/versions/analytics\n"
+    )
+    shutil.copytree(workspace.root / "migrations", workspace.root / "scripts")
+    assert main(["status"]) == 0 and fastpath.cached(None) is not None
+    capsys.readouterr()
+    shutil.rmtree(workspace.root / "scripts")
+    assert fastpath.cached(None) is None
+    rows = len(workspace.audit())
+    for command in ("status", "verify"):
+        declines(command)
+        code, _, err = run_main(capsys, command)
+        assert code == 2 and "script_location" in err and "does not exist" in err, err
+    assert len(workspace.audit()) == rows
+
+
+def test_an_interrupted_verify_records_no_schema_on_either_path(workspace, capsys):
+    """Rows are written once every schema is checked: the full path wrote ecommerce's
+    before analytics' hook was interrupted; the fast path wrote none."""
+    warm(capsys)
+    workspace.add_revision(
+        "analytics",
+        "2024_09_01_0900-hook00000001_x.py",
+        revision_file("hook00000001", ANALYTICS_HEAD, "    pass")
+        + "\n\ndef verify(connection):\n    raise KeyboardInterrupt\n",
+    )
+    assert main(["upgrade"]) == 0
+    capsys.readouterr()
+    rows = len(workspace.audit())
+    code, _, err = run_main(capsys, "verify")
+    assert code == 130 and "interrupted" in err
+    assert len(workspace.audit()) == rows
+
+
+@pytest.mark.usefixtures("tcp_server")
+def test_a_password_in_a_json_finding_is_never_printed(workspace, capsys, monkeypatch):
+    """Found by an adversarial session: JSON escaped the password's quote, and the fast
+    path's check looked at the escaped text."""
+    warm(capsys)
+    url = workspace.urls["dev"].set(password='Tr0ub4dor"x')
+    monkeypatch.setenv("DEV_DATABASE_URL", url.render_as_string(hide_password=False))
+    with workspace.connect() as conn:
+        conn.execute(sa.text('ALTER TABLE ecommerce.customers ADD COLUMN "Tr0ub4dor""x" int'))
+        conn.commit()
+    rows = len(workspace.audit())
+    declines("verify", "--json")
+    declines("verify")
+    assert len(workspace.audit()) == rows
+    code, out, _ = run_main(capsys, "verify", "--json")
+    assert code == 1 and "Tr0ub4dor" not in out and "customers.***" in out
+
+
+def test_masking_is_looked_for_as_redact_looks_for_it():
+    shown = fastpath.Target("dev", "postgresql+psycopg2://u@h/db", {}, ("s3cret",))
+    assert fastpath.needs_masking("relation pa\u017f\u017fword=x", shown)  # long s folds to s
+    assert fastpath.needs_masking({"message": ['a "s3cret" b']}, shown)
+    assert not fastpath.needs_masking({"message": ["nothing here"], "id": 7}, shown)
+
+
+@pytest.mark.usefixtures("tcp_server")
+def test_a_timeout_in_verify_is_the_full_paths_failure_without_waiting_twice(
+    workspace, capsys, monkeypatch
+):
+    """Found by an adversarial session: the fast path timed out, declined, and the full
+    path waited for the same lock again."""
+    toml = workspace.root / "migrate.toml"
+    toml.write_text(toml.read_text().replace('lock_timeout = "5s"', 'lock_timeout = "300ms"', 1))
+    warm(capsys)
+    assert main(["verify"]) == 0
+    capsys.readouterr()
+    rows = len(workspace.audit())
+    with workspace.connect() as holder:
+        holder.execute(sa.text("LOCK TABLE alembic_version IN ACCESS EXCLUSIVE MODE"))
+        code, out, err = fast("verify")
+        assert code == 1 and out == "" and err.startswith("migrate: failed: dev: LockNotAvailable")
+        assert (code, out, err) == slow(capsys, monkeypatch, "verify")
+        holder.rollback()
+    assert len(workspace.audit()) == rows
+
+
+@pytest.mark.usefixtures("tcp_server")
+def test_a_user_who_cannot_write_the_audit_table_gets_one_failure_line(
+    workspace, capsys, monkeypatch
+):
+    """Both paths: `migrate: failed: dev: InsufficientPrivilege: ...`, exit 1, no row (the
+    full path's row insert runs on the driver's cursor: it was an internal error)."""
+    warm(capsys)
+    assert main(["verify"]) == 0
+    capsys.readouterr()
+    role = f"ro_{workspace.urls['dev'].database}"[:60]
+    with workspace.connect() as conn:
+        conn.execute(sa.text(f'CREATE ROLE "{role}" LOGIN'))
+        conn.execute(sa.text(f'GRANT USAGE ON SCHEMA ecommerce, analytics TO "{role}"'))
+        conn.execute(sa.text(f'GRANT SELECT ON ALL TABLES IN SCHEMA public TO "{role}"'))
+        conn.commit()
+    try:
+        url = workspace.urls["dev"].set(username=role, password=None)
+        monkeypatch.setenv("DEV_DATABASE_URL", url.render_as_string(hide_password=False))
+        rows = len(workspace.audit())
+        code, out, err = fast("verify")
+        assert code == 1 and out == "", err
+        assert err.startswith("migrate: failed: dev: InsufficientPrivilege: permission denied")
+        assert (code, out, err) == slow(capsys, monkeypatch, "verify")
+        assert len(workspace.audit()) == rows
+    finally:
+        with workspace.connect() as conn:
+            conn.execute(sa.text(f'REVOKE ALL ON ALL TABLES IN SCHEMA public FROM "{role}"'))
+            conn.execute(sa.text(f'REVOKE ALL ON SCHEMA ecommerce, analytics FROM "{role}"'))
+            conn.execute(sa.text(f'DROP ROLE "{role}"'))
+            conn.commit()
+
+
+@pytest.mark.usefixtures("tcp_server")
+def test_an_answer_that_cannot_be_written_is_an_internal_error_not_a_traceback_alone(
+    workspace, capsys
+):
+    warm(capsys)
+    with workspace.connect() as conn:
+        conn.execute(sa.text('CREATE TABLE ecommerce."\u65e5\u672c" (a int)'))
+        conn.commit()
+    raw = io.BytesIO()
+    ascii_out = io.TextIOWrapper(raw, encoding="ascii")
+    errors = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys, "stdout", ascii_out)
+        patch.setattr(sys, "stderr", errors)
+        code = main(["verify"])
+    assert code == 1
+    assert errors.getvalue().startswith("migrate: internal error: UnicodeEncodeError")
+
+
+def test_hooks_bound_otherwise_than_by_def_are_called_or_refused(workspace, capsys):
+    """Found by an adversarial session: `verify = lambda c: ...` and `async def verify`
+    were skipped in silence."""
+    warm(capsys)
+    workspace.add_revision(
+        "analytics",
+        "2024_09_01_0900-hook00000001_x.py",
+        revision_file("hook00000001", ANALYTICS_HEAD, "    pass")
+        + "\n\nverify = lambda connection: 'said by a lambda'\n",
+    )
+    workspace.add_revision(
+        "analytics",
+        "2024_09_01_0901-hook00000002_x.py",
+        revision_file("hook00000002", "hook00000001", "    pass")
+        + "\n\nasync def verify(connection):\n    return True\n",
+    )
+    assert main(["upgrade"]) == 0
+    capsys.readouterr()
+    declines("verify")
+    code, out, _ = run_main(capsys, "verify")
+    assert code == 1
+    assert "hook00000001 verify(): said by a lambda" in out
+    assert "hook00000002 verify(): must be a plain function taking the connection, not async" in out
