@@ -434,11 +434,14 @@ def cmd_downgrade(project: MigrationProject, args: argparse.Namespace) -> int:
 
 
 def cmd_verify(project: MigrationProject, args: argparse.Namespace) -> int:
-    results = promotion.verify(project, args.env, args.schema)
-    if args.json:
-        _print_json(_verify_document(args.env, results))
-    else:
-        print(_verify_text(args.env, results))
+    def show(results: Sequence[Any]) -> None:  # before the rows are committed
+        if args.json:
+            _print_json(_verify_document(args.env, results))
+        else:
+            print(_verify_text(args.env, results))
+        sys.stdout.flush()
+
+    results = promotion.verify(project, args.env, args.schema, report=show)
     return EXIT_OK if all(r.ok for r in results) else EXIT_FAILED
 
 
@@ -940,7 +943,8 @@ def _fast_verify(
     stderr: IO[str],
 ) -> _FastAnswer:
     """verify on the fast path: its rows are written once its output is known to be the
-    full path's (no text to mask), so that declining never leaves a row behind."""
+    full path's (no text to mask), so that declining never leaves a row behind; committed
+    once that output is printed, as the full path does."""
     try:
         with fastpath.session(where) as cur:
             verified = fastpath.verify(cur, cache, project, schemas, args.env)
@@ -952,18 +956,23 @@ def _fast_verify(
             ):
                 return _FastAnswer(project=project)  # nothing written: the full path verifies
             fastpath.record(cur, verified, args.env)
+            if args.json:
+                out = _json_text(_verify_document(args.env, verified.results), where.display)
+            else:
+                out = f"{args.env}: {where.display}\n{body}"
+            stdout.write(out + "\n")
+            stdout.flush()
+            fastpath.commit(cur, args.env)
     except fastpath.Failed as exc:
         message = f"migrate: failed: {exc}\n"
-        if fastpath.needs_masking(message, where):
-            return _FastAnswer(project=project)
+        if fastpath.needs_masking(message, where):  # rare: worth SQLAlchemy's import
+            from dagster_alembic import urls as masking
+
+            for secret in where.secrets:
+                masking.register_password(secret)
+            message = masking.redact(message)
         stderr.write(message)
         return _FastAnswer(EXIT_FAILED)
-    if args.json:
-        out = _json_text(_verify_document(args.env, verified.results), where.display)
-    else:
-        out = f"{args.env}: {where.display}\n{body}"
-    stdout.write(out + "\n")
-    stdout.flush()
     return _FastAnswer(EXIT_OK if all(r.ok for r in verified.results) else EXIT_FAILED)
 
 

@@ -583,16 +583,23 @@ def verify(
     environment: str,
     schemas: list[str] | None = None,
     *,
-    expect_head: bool = True,
+    expect_head: bool | Callable[[str], bool] = True,
+    adjust: Callable[[VerifyResult], None] | None = None,
+    report: Callable[[list[VerifyResult]], None] | None = None,
     run_id: str | None = None,
     database: str | None = None,
 ) -> list[VerifyResult]:
-    """Check each schema and write one `verify` audit row per schema.
+    """Check each schema and write one `verify` audit row per schema, all in one
+    transaction once every schema is checked: an interrupted verify records nothing.
 
-    ``expect_head=False`` checks a schema where it stands (after a rollback): everything
-    but being at head.
+    ``expect_head``: False checks a schema where it stands (after a rollback): everything
+    but being at head; a function says it per schema. ``adjust`` may change a result's
+    findings before its row is written (promotion's expectation). ``report`` is shown the
+    results, rows written, before they are committed: what it prints is never less than
+    what was recorded (an interrupt after it records nothing, and says so).
     """
     selected = _schemas(project, schemas)
+    expects = expect_head if callable(expect_head) else (lambda schema: bool(expect_head))
     results = []
     with connect(project, environment, database) as (conn, _):
         audit.ensure_table(conn, project.settings.audit_schema)
@@ -603,16 +610,19 @@ def verify(
         for st in project.statuses(db_heads, selected):
             started = time.perf_counter()
             found = verification.findings(
-                conn, project, st, db_heads, expect_head=expect_head, layout=layout
+                conn, project, st, db_heads, expect_head=expects(st.schema), layout=layout
             )
             conn.rollback()  # the reads' transaction: each hook begins its own
             found += _revision_hooks(project, conn, st)
-            results.append(verification.result(environment, st, found, started))
-        # Every schema's row in one transaction once all are checked, as the fast path
-        # writes them: an interrupted verify records nothing, as it printed nothing.
-        for result in results:
+            result = verification.result(environment, st, found, started)
+            if adjust is not None:
+                adjust(result)
+            results.append(result)
+        for result in results:  # as the fast path writes them
             row = verification.audit_row(result, executed_by, run_id)
             result.audit_id = audit.insert_row(conn, layout, row).id
+        if report is not None:
+            report(results)
         conn.commit()
     return results
 

@@ -89,6 +89,8 @@ class _Cache:
 def _key(ini: Path, toml: Path) -> dict[str, Any]:
     return {
         "ini": str(ini),
+        # Alembic reads a relative script_location or version_locations against it
+        "cwd": os.getcwd(),
         "ini_sha": _sha(ini),
         "toml": str(toml),
         "toml_sha": _sha(toml),
@@ -495,8 +497,7 @@ def verify(
 
 
 def record(cur: Any, verified: Verified, environment: str) -> None:
-    """The `verify` row of each result, as engine.verify writes them, all committed at
-    once."""
+    """The `verify` row of each result, as engine.verify writes them; not committed."""
     import psycopg2
 
     from dagster_alembic import audit, verification
@@ -505,6 +506,15 @@ def record(cur: Any, verified: Verified, environment: str) -> None:
         for result in verified.results or ():
             row = verification.audit_row(result, verified.executed_by, None)
             result.audit_id = audit.insert_with(cur, verified.layout, row).id
+    except psycopg2.Error as exc:
+        raise _failure(environment, exc) from None
+
+
+def commit(cur: Any, environment: str) -> None:
+    """The rows, committed once the answer is printed (as engine.verify's report)."""
+    import psycopg2
+
+    try:
         cur.connection.commit()
     except psycopg2.Error as exc:
         raise _failure(environment, exc) from None

@@ -385,27 +385,39 @@ def verify(
     schemas: list[str] | None = None,
     *,
     run_id: str | None = None,
+    report: Callable[[list[engine.VerifyResult]], None] | None = None,
 ) -> list[engine.VerifyResult]:
     """verify, expecting head in the first environment and the promotion target in the
     others: a staging that stopped where dev verified is not failing because a newer file
-    exists. The CLI and Dagster's check both verify through here."""
+    exists. The CLI and Dagster's check both verify through here; ``report`` as for
+    engine.verify."""
     if project.settings.environment_names[0] == environment:
-        return engine.verify(project, environment, schemas, run_id=run_id)
+        return engine.verify(project, environment, schemas, run_id=run_id, report=report)
     plans = plan(project, environment, schemas)
-    results = []
-    # Behind its target, a schema is behind its head too: verify then expects head, so that
-    # its audit row records the failure; at or past the target, it does not.
-    for behind in (True, False):
-        selected = [p.schema for p in plans if p.behind_target == behind]
-        if selected:
-            results += engine.verify(
-                project, environment, selected, expect_head=behind, run_id=run_id
-            )
     by_schema = {p.schema: p for p in plans}
-    for result in results:
+    # Behind its target, a schema is behind its head too: verify then expects head, so that
+    # it fails; at or past the target, it does not.
+    behind = {p.schema for p in plans if p.behind_target}
+
+    def expected(result: engine.VerifyResult) -> None:
         finding = target_finding(by_schema[result.schema])
         if finding is not None:  # says what is expected: the target, not the head
             result.findings[:] = [f for f in result.findings if f.check != "at_head"]
             result.findings.append(finding)
+
     order = [p.schema for p in plans]
+
+    def in_order(results: list[engine.VerifyResult]) -> None:
+        if report is not None:
+            report(sorted(results, key=lambda r: order.index(r.schema)))
+
+    results = engine.verify(
+        project,
+        environment,
+        order,
+        expect_head=behind.__contains__,
+        adjust=expected,
+        report=in_order,
+        run_id=run_id,
+    )
     return sorted(results, key=lambda r: order.index(r.schema))

@@ -82,14 +82,6 @@ def read_revision_file(schema: str, path: str, data: bytes | None = None) -> Rev
         return RevisionFile(path, schema, checksum, error=f"line {exc.lineno}: {exc.msg}")
     values: dict[str, object] = {}
     functions = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
-    # verify bound in any way at the top level (def, async def, an assignment, an import):
-    # whoever verifies calls it, or says why it cannot
-    bound = {
-        alias.asname or alias.name
-        for n in tree.body
-        if isinstance(n, ast.ImportFrom)
-        for alias in n.names
-    } | {n.name for n in tree.body if isinstance(n, ast.AsyncFunctionDef)}
     for node in tree.body:
         target, value = None, None
         if isinstance(node, ast.Assign) and len(node.targets) == 1:
@@ -130,9 +122,35 @@ def read_revision_file(schema: str, path: str, data: bytes | None = None) -> Rev
         depends_on=_strings(values.get("depends_on")),
         branch_labels=_strings(values.get("branch_labels")),
         create_date=found.group(1) if found else None,
-        defines_verify="verify" in functions | bound | values.keys(),
+        defines_verify=_binds(tree, "verify"),
         literal_ids=literal_ids,
     )
+
+
+def _binds(tree: ast.Module, name: str) -> bool:
+    """Whether the module may bind ``name`` at its top level, in any way (def, async def,
+    class, any assignment or import, inside if/try/for/with blocks too, or a star import):
+    the verify hook is then looked for by importing the module, never skipped unseen."""
+    pending: list[ast.AST] = list(tree.body)
+    while pending:
+        node = pending.pop()
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            if node.name == name:
+                return True
+            pending += node.decorator_list  # a walrus there binds at the top level
+            continue  # their bodies are scopes of their own
+        if isinstance(node, ast.Lambda):
+            continue
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            for alias in node.names:
+                if alias.name == "*" or (alias.asname or alias.name).partition(".")[0] == name:
+                    return True
+        if isinstance(node, ast.Name) and node.id == name and not isinstance(node.ctx, ast.Load):
+            return True
+        if isinstance(node, ast.Global | ast.Nonlocal) and name in node.names:
+            return True
+        pending += ast.iter_child_nodes(node)
+    return False
 
 
 _IDS = ("revision", "down_revision", "branch_labels", "depends_on")
@@ -206,7 +224,7 @@ CACHE_NAME = "migrate-scan.json"
 # A reading is keyed by the sha256 of the file's bytes, so it cannot go stale; the format
 # key drops every entry when RevisionFile changes shape.
 _FIELDS = tuple(f.name for f in dataclasses.fields(RevisionFile))
-_FORMAT = "4:" + ",".join(_FIELDS)  # 2: ids checked when read; 3: literal_ids; 4: verify bound
+_FORMAT = "5:" + ",".join(_FIELDS)  # 2: ids checked; 3: literal_ids; 4, 5: verify bound
 _TUPLES = ("down_revisions", "depends_on", "branch_labels")  # JSON keeps them as lists
 
 

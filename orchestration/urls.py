@@ -34,10 +34,12 @@ MASK = "***"
 # typed with / or @ in it is still masked whole); no whitespace or quotes, so a URL
 # inside a quoted or JSON string never swallows its neighbours.
 _USERINFO = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.\-]*://[^\s:/?#@'\"]*:)[^\s'\"]*@")
-# password=VALUE (URL query, libpq DSN, PGPASSWORD=...): a quoted libpq value (with \'
-# escapes), else up to whitespace, &, #, ; or a quote.
+# password=VALUE (URL query, libpq DSN, PGPASSWORD=..., password="..." in code): a quoted
+# value (with backslash escapes), else up to whitespace, &, #, ;, a quote or a backslash
+# (in JSON text, the start of an escape: masking stops there and the JSON stays valid).
 _PARAMETER = re.compile(
-    r"(?P<head>password\s*=\s*)(?:'(?:[^'\\]|\\.)*'|[^\s&#;'\"]*)", re.IGNORECASE
+    r"(?P<head>password\s*=\s*)(?:'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|[^\s&#;'\"\\]*)",
+    re.IGNORECASE,
 )
 # 'password': 'VALUE' or "password": "VALUE" (a mapping's repr, JSON)
 _MAPPING = re.compile(

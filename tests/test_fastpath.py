@@ -635,6 +635,23 @@ def test_hooks_bound_otherwise_than_by_def_are_called_or_refused(workspace, caps
         revision_file("hook00000002", "hook00000001", "    pass")
         + "\n\nasync def verify(connection):\n    return True\n",
     )
+    workspace.add_revision(
+        "analytics",
+        "2024_09_01_0902-hook00000003_x.py",
+        revision_file("hook00000003", "hook00000002", "    pass")
+        + "\n\nverify = other = lambda connection: 'said by a chained assignment'\n",
+    )
+    workspace.add_revision(
+        "analytics",
+        "2024_09_01_0903-hook00000004_x.py",
+        revision_file("hook00000004", "hook00000003", "    pass")
+        + "\n\nif True:\n    def verify(connection):\n        return 'said inside an if'\n",
+    )
+    workspace.add_revision(
+        "analytics",
+        "2024_09_01_0904-hook00000005_x.py",
+        revision_file("hook00000005", "hook00000004", "    pass") + "\n\nimport json as verify\n",
+    )
     assert main(["upgrade"]) == 0
     capsys.readouterr()
     declines("verify")
@@ -642,3 +659,17 @@ def test_hooks_bound_otherwise_than_by_def_are_called_or_refused(workspace, caps
     assert code == 1
     assert "hook00000001 verify(): said by a lambda" in out
     assert "hook00000002 verify(): must be a plain function taking the connection, not async" in out
+    assert "hook00000003 verify(): said by a chained assignment" in out
+    assert "hook00000004 verify(): said inside an if" in out
+    assert (
+        "hook00000005 verify(): must be a plain function taking the connection, not module" in out
+    )
+
+
+def test_the_settings_cache_is_the_working_directorys(workspace, capsys, tmp_path, monkeypatch):
+    """Found by an adversarial session: Alembic reads a relative script_location against
+    the working directory; the cache answered for another directory's files."""
+    warm(capsys)
+    assert fastpath.cached(str(workspace.ini)) is not None
+    monkeypatch.chdir(tmp_path)
+    assert fastpath.cached(str(workspace.ini)) is None

@@ -166,3 +166,58 @@ def test_depends_on_never_carries_another_schema_past_what_was_verified(workspac
     result, _ = promotion.upgrade(project, "staging", ["analytics"])
     assert result.ok
     assert ANALYTICS_HEAD in workspace.version_heads("staging")
+
+
+def test_a_later_environments_verify_is_one_transaction_whatever_each_schema_expects(
+    workspace: Workspace,
+):
+    """Found by an adversarial session: promotion.verify ran engine.verify twice (schemas
+    behind their target, then the others), each committing its rows: an interrupt in the
+    second left the first's rows. One call now; the row says what the output says."""
+    _bring(workspace, "dev")
+    _bring(workspace, "staging")
+    project = workspace.project()
+    assert engine.downgrade(project, "staging", schemas=["analytics"], to="-1").ok
+    before = len(workspace.audit("staging"))
+    results = promotion.verify(project, "staging")
+    rows = workspace.audit("staging")[before:]
+    assert [r.schema_name for r in rows] == ["ecommerce", "analytics"]
+    assert len({r.changed_at for r in rows}) == 1  # one transaction
+    analytics = next(r for r in results if r.schema == "analytics")
+    assert not analytics.ok and analytics.findings[-1].check == "at_target"
+    assert rows[1].error == analytics.findings[-1].message and rows[1].success is False
+
+    # interrupted while ecommerce (checked first) runs its hook: nothing recorded at all
+    workspace.add_revision(
+        "ecommerce",
+        NEW_FILE,
+        simple_revision(NEW, ECOMMERCE_HEAD, "wish")
+        + "\n\ndef verify(connection):\n    raise KeyboardInterrupt\n",
+    )
+    for env in ("dev", "staging"):
+        assert engine.upgrade(workspace.project(), env, to=NEW).ok
+    before = len(workspace.audit("staging"))
+    try:
+        promotion.verify(workspace.project(), "staging")
+    except KeyboardInterrupt:
+        pass
+    else:
+        raise AssertionError("the hook's interrupt did not stop verify")
+    assert len(workspace.audit("staging")) == before
+
+
+def test_verify_reports_its_results_before_it_commits_them(workspace: Workspace):
+    """What a verify prints is never less than what it recorded: the report sees every
+    row written (ids given) and none committed yet."""
+    _bring(workspace, "dev")
+    seen: list[tuple[list[int | None], int]] = []
+
+    def report(results: list[engine.VerifyResult]) -> None:
+        seen.append(([r.audit_id for r in results], len(workspace.audit("dev"))))
+
+    before = len(workspace.audit("dev"))
+    results = engine.verify(workspace.project(), "dev", report=report)
+    [(ids, visible)] = seen
+    assert None not in ids and ids == [r.audit_id for r in results]
+    assert visible == before  # not committed while reported
+    assert len(workspace.audit("dev")) == before + len(results)

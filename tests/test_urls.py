@@ -152,3 +152,16 @@ def test_a_password_with_a_space_is_masked_whole_inside_a_password_parameter():
     normalize_url("postgresql://adv:Pa%25s%40%20%21w0rd%3Ax%2Fy@127.0.0.1/db")
     shown = redact("dsn=host=x password=Pa%s@ !w0rd:x/y user=y; pw=Pa%s@ !w0rd:x/y")
     assert "w0rd" not in shown and shown == "dsn=host=x password=*** user=y; pw=***"
+
+
+def test_a_double_quoted_password_parameter_is_masked_and_json_stays_json():
+    """Found by an adversarial session: `password="hunter2"` (a hook's error, code) was
+    shown, and masking the JSON text a second time broke its escapes."""
+    import json
+
+    text = 'RuntimeError: connect(password="hunter2") failed'
+    assert "hunter2" not in redact(text)
+    document = urls.redact_data({"error": text, "other": 'password=\\"x\\"'})
+    shown = redact(json.dumps(document))
+    assert "hunter2" not in shown
+    assert json.loads(shown)["error"].startswith("RuntimeError: connect(password=***")
