@@ -791,6 +791,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # SIGTERM (a stopped container, a killed CI job) is an interrupt like Ctrl-C: the running
     # statement is cancelled and the step audited, instead of the process vanishing.
     terminate = signal.getsignal(signal.SIGTERM)
+    interrupt = signal.getsignal(signal.SIGINT)  # an interrupt ignores the next ones (_run)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _interrupted_by_sigterm)
     token = None
@@ -823,7 +824,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
     finally:
         if threading.current_thread() is threading.main_thread():
+            # as they were: a caller's process (and every process it starts) keeps Ctrl-C
             signal.signal(signal.SIGTERM, terminate)
+            signal.signal(signal.SIGINT, interrupt)
         if token is not None:
             engine.on_connect.reset(token)
         sys.stdout, sys.stderr = stdout, stderr

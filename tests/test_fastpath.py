@@ -12,6 +12,7 @@ import io
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -517,9 +518,13 @@ def test_an_interrupted_verify_records_no_schema_on_either_path(workspace, capsy
     assert main(["upgrade"]) == 0
     capsys.readouterr()
     rows = len(workspace.audit())
+    handler = signal.getsignal(signal.SIGINT)
     code, _, err = run_main(capsys, "verify")
     assert code == 130 and "interrupted" in err
     assert len(workspace.audit()) == rows
+    # main() from Python gives the caller its Ctrl-C back (it ignores further ones while it
+    # finishes): else every process the caller starts afterwards would ignore Ctrl-C
+    assert signal.getsignal(signal.SIGINT) is handler
 
 
 @pytest.mark.usefixtures("tcp_server")
