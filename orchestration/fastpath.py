@@ -340,6 +340,19 @@ class Unreachable(Exception):
     """The database cannot be reached; the message is the slow path's."""
 
 
+def _connect(where: Target) -> Any:
+    """psycopg2's connection to the target; Unreachable, in the full path's words."""
+    import psycopg2
+
+    try:
+        return psycopg2.connect(**where.connect)
+    except psycopg2.OperationalError as exc:
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise Unreachable(
+            f"cannot connect to the {where.environment} database {where.display}: {first}"
+        ) from None
+
+
 def read_database(
     settings: ProjectSettings, where: Target, *, probe: str | None, lock: bool
 ) -> Database:
@@ -347,13 +360,7 @@ def read_database(
     an upgrade reads them: under the migration lock, which is tried once and released."""
     import psycopg2
 
-    try:
-        conn = psycopg2.connect(**where.connect)
-    except psycopg2.OperationalError as exc:
-        first = (str(exc).strip().splitlines() or [""])[0]
-        raise Unreachable(
-            f"cannot connect to the {where.environment} database {where.display}: {first}"
-        ) from None
+    conn = _connect(where)
     try:
         return _read(conn, settings, probe=probe, lock=lock)
     except psycopg2.Error as exc:
@@ -417,13 +424,7 @@ def session(where: Target) -> Iterator[Any]:
     rolled back if the block ends otherwise. A database error: Declined (nothing written)."""
     import psycopg2
 
-    try:
-        conn = psycopg2.connect(**where.connect)
-    except psycopg2.OperationalError as exc:
-        first = (str(exc).strip().splitlines() or [""])[0]
-        raise Unreachable(
-            f"cannot connect to the {where.environment} database {where.display}: {first}"
-        ) from None
+    conn = _connect(where)
     try:
         with conn.cursor() as cur:
             yield cur
