@@ -824,9 +824,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
     finally:
         if threading.current_thread() is threading.main_thread():
-            # as they were: a caller's process (and every process it starts) keeps Ctrl-C
             signal.signal(signal.SIGTERM, terminate)
-            signal.signal(signal.SIGINT, interrupt)
+            if not _own_process:  # a caller's process (and all it starts) keeps Ctrl-C;
+                # the command's own process keeps ignoring further ones until it exits
+                signal.signal(signal.SIGINT, interrupt)
         if token is not None:
             engine.on_connect.reset(token)
         sys.stdout, sys.stderr = stdout, stderr
