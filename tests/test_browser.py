@@ -78,6 +78,18 @@ def embedded_ui(workspace: Workspace, tmp_path, monkeypatch):
         embedded.stop_server(settings.root)
 
 
+def _dismiss_dialogs(page) -> None:
+    """Close what Dagster lays over a page on its own (its newsletter dialog, a "what's
+    new" popover) and wait until no backdrop takes the clicks meant for the page."""
+    skip = page.get_by_role("button", name="Skip")
+    if skip.count():
+        skip.first.click()
+    page.keyboard.press("Escape")
+    backdrops = page.locator(".bp5-overlay-backdrop")
+    for index in range(backdrops.count()):
+        backdrops.nth(index).wait_for(state="hidden", timeout=10_000)
+
+
 def test_a_person_launches_migrate_and_reads_the_result(browser, embedded_ui):
     base, settings = embedded_ui
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -251,6 +263,7 @@ def test_revision_state_is_visible_true_and_actionable(browser, embedded_ui, wor
 
     # 3. the rollback Launchpad from the asset page's link, filled from choices
     page.goto(f"{base}/assets/dev/analytics", wait_until="networkidle")
+    _dismiss_dialogs(page)  # a Dagster dialog's backdrop once took this click (CI)
     page.get_by_role("link", name="Roll dev/analytics back").first.click()
     page.get_by_text("No errors").wait_for(timeout=60_000)
     editor = page.locator(".CodeMirror").first
