@@ -11,3 +11,15 @@ class MigrationError(Exception):
 
 class DataLossRefused(ConfigurationError):
     """A downgrade would drop rows and was not allowed to (exit code 2, nothing changed)."""
+
+
+# How long an error's text may be, in an audit row or an output line.
+ERROR_LIMIT = 4000
+
+
+def driver_error_line(exc: BaseException) -> str:
+    """``Type: message`` of an error, the driver's own where SQLAlchemy wrapped it (its
+    ``orig``): not masked, not limited (callers mask, then limit)."""
+    orig = getattr(exc, "orig", None)
+    message = str(orig if orig is not None else exc).strip()
+    return f"{type(orig or exc).__name__}: {message}"

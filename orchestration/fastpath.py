@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, quote_plus, unquote, unquote_plus
 
+from dagster_alembic import errors
 from dagster_alembic.errors import ConfigurationError
 from dagster_alembic.revisions import MigrationProject
 from dagster_alembic.settings import ProjectSettings, find_alembic_ini_path
@@ -46,7 +47,7 @@ if TYPE_CHECKING:
 # sessions.LOCK_KEY (pinned by a test): importing sessions would import SQLAlchemy.
 LOCK_KEY = int.from_bytes(hashlib.sha256(b"alembic-dagster-pipeline").digest()[:8], "big") >> 1
 STORAGE_ENV = "DAGSTER_POSTGRES_URL"  # launcher.STORAGE_ENV: its password is masked too
-ERROR_LIMIT = 4000  # sessions._ERROR_LIMIT (pinned by a test)
+ERROR_LIMIT = errors.ERROR_LIMIT  # sessions._ERROR_LIMIT
 _CACHE_FORMAT = 2  # 2: the folders load_settings checked
 _HERE = Path(__file__).resolve().parent
 
@@ -441,11 +442,12 @@ class Failed(Exception):
 
 
 def _failure(environment: str, exc: Exception) -> Failed:
-    """sessions.error_text's line for a driver error, as engine.connect raises it."""
+    """sessions.error_text's line for a driver error (masked by the caller), as
+    engine.connect raises it."""
     from dagster_alembic import audit
 
-    text = f"{type(exc).__name__}: {str(exc).strip()}"
-    return Failed(f"{environment}: {audit.printable(text)[:ERROR_LIMIT]}")
+    text = audit.printable(errors.driver_error_line(exc))[:ERROR_LIMIT]
+    return Failed(f"{environment}: {text}")
 
 
 @dataclass

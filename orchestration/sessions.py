@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
 from dagster_alembic import audit
-from dagster_alembic.errors import MigrationError
+from dagster_alembic.errors import ERROR_LIMIT, MigrationError, driver_error_line
 from dagster_alembic.settings import EnvironmentSettings
 from dagster_alembic.urls import redact
 
@@ -26,7 +26,7 @@ from dagster_alembic.urls import redact
 # From the project's first name (alembic-dagster-pipeline): kept, so releases before and
 # after the rename take the same lock.
 LOCK_KEY = int.from_bytes(hashlib.sha256(b"alembic-dagster-pipeline").digest()[:8], "big") >> 1
-_ERROR_LIMIT = 4000
+_ERROR_LIMIT = ERROR_LIMIT
 
 
 def application_name(environment: str) -> str:
@@ -63,10 +63,7 @@ def error_text(exc: BaseException, url: URL | None = None) -> str:
             f"interrupted ({type(exc).__name__}): the running statement was cancelled "
             "and the step rolled back"
         )
-    orig = getattr(exc, "orig", None)  # the driver's own message, not SQLAlchemy's wrapper
-    message = str(orig if orig is not None else exc).strip()
-    text = f"{type(orig or exc).__name__}: {message}"
-    return audit.printable(redact(text, url))[:_ERROR_LIMIT]
+    return audit.printable(redact(driver_error_line(exc), url))[:_ERROR_LIMIT]
 
 
 # --- one runner per database -------------------------------------------------------------
